@@ -1,0 +1,229 @@
+"""``Predictor``: scores for posters from nothing but a run folder (or an exported bundle).
+
+Preprocessing, labels and thresholds all come from the folder's ``model.json``; weights from its
+``model.safetensors`` (checked to be safetensors first: nothing is ever unpickled). An optional ONNX
+Runtime backend serves plain predictions from ``model.onnx`` when the folder has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from posterlab.data.images import load_image
+from posterlab.data.labels import LabelRule
+from posterlab.data.transforms import Preprocess
+from posterlab.errors import ImageError, RunError
+from posterlab.models.factory import PosterModel, create_model
+from posterlab.runs import load_tensors, read_json
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+@dataclass
+class Prediction:
+    """One poster's result. ``crop`` is the image exactly as the model saw it (before normalisation)."""
+
+    image: str
+    ok: bool
+    error: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    predicted: list[str] = field(default_factory=list)
+    crop: Image.Image | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "image": self.image,
+            "ok": self.ok,
+            "error": self.error,
+            "scores": self.scores,
+            "predicted": self.predicted,
+        }
+
+
+def rule_from_dict(values: dict) -> LabelRule:
+    return LabelRule(
+        target=values["target"],
+        task=values["task"],
+        labels=tuple(values["labels"]),
+        other=values.get("other", False),
+        merge=tuple(tuple(pair) for pair in values.get("merge", ())),
+        column=values.get("column"),
+        op=values.get("op"),
+        value=values.get("value"),
+    )
+
+
+def load_model_folder(folder: Path) -> tuple[dict, PosterModel]:
+    """``model.json`` and the model with its weights, from a run or bundle folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such run folder")
+    if not (folder / "model.json").exists():
+        status = folder / "status.json"
+        state = read_json(status).get("status", "?") if status.exists() else "unknown"
+        raise RunError(
+            f"{folder}: has no trained model (run status: {state}); train it to completion or pick another run"
+        )
+    info = read_json(folder / "model.json")
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        stray = sorted(
+            p.name for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+        )
+        hint = (
+            f" (found {', '.join(stray)}: pickles are never loaded since they can run code)" if stray else ""
+        )
+        raise RunError(
+            f"{folder}: model.safetensors is missing{hint}; re-export the weights with safetensors"
+        )
+    state = load_tensors(weights)
+    model = create_model(
+        info["backbone"],
+        len(info["rule"]["labels"]),
+        pretrained=False,
+        head=info["head"],
+        dropout=info.get("dropout", 0.0),
+    )
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise RunError(
+            f"{weights}: weights do not match {info['backbone']} ({str(error).splitlines()[0]}); the folder is inconsistent"
+        ) from None
+    return info, model.eval()
+
+
+class Predictor:
+    """Scores posters with a trained run. Thread-safe for concurrent ``predict`` calls (inference only)."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", backend: str = "torch") -> None:
+        self.folder = Path(folder)
+        self.info, self.model = load_model_folder(self.folder)
+        self.device = torch.device(device)
+        # channels_last is 1.5-2x faster for these CNNs on CPU and GPU alike (no effect on ViTs)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.rule = rule_from_dict(self.info["rule"])
+        self.labels: tuple[str, ...] = self.rule.labels
+        self.thresholds = np.asarray(self.info["thresholds"]) if self.info.get("thresholds") else None
+        self.preprocess = Preprocess.from_dict(self.info["preprocess"])
+        self.tta = bool(self.info.get("tta", False))
+        self._geometry = self.preprocess.geometry()
+        self._to_tensor = self.preprocess.to_tensor()
+        self.backend = backend
+        self._onnx = None
+        if backend == "onnx":
+            self._onnx = self._onnx_session()
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def multilabel(self) -> bool:
+        return self.rule.multilabel
+
+    def _onnx_session(self):
+        path = self.folder / "model.onnx"
+        if not path.exists():
+            raise RunError(
+                f"{self.folder}: no model.onnx; create it with posterlab export {self.folder} --format onnx --out {path}"
+            )
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError(
+                "onnxruntime is not installed; pip install 'posterlab[onnx]' or use the torch backend"
+            ) from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def prepare(
+        self, source: ImageInput, name: str | None = None
+    ) -> tuple[Image.Image, torch.Tensor, list[str]]:
+        """Load a poster safely and return (crop the model sees, normalised tensor, load notes)."""
+        loaded = load_image(source, name=name)
+        crop = self._geometry(loaded.image)
+        return crop, self._to_tensor(crop), loaded.notes
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """(n, 3, H, W) normalised tensors → (n, labels) probabilities (flip-averaged when the run used TTA)."""
+        views = [batch, torch.flip(batch, dims=[3])] if self.tta else [batch]
+        stacked = torch.cat(views)
+        if self._onnx is not None:
+            logits = torch.from_numpy(self._onnx.run(None, {"image": stacked.numpy()})[0])
+        else:
+            with torch.inference_mode():
+                logits = (
+                    self.model(stacked.to(self.device).contiguous(memory_format=torch.channels_last))
+                    .float()
+                    .cpu()
+                )
+        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        return probs.view(len(views), len(batch), -1).mean(dim=0).numpy()
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Labels a poster is predicted to carry: over their thresholds, or the top class."""
+        if self.multilabel:
+            return [label for label, p, t in zip(self.labels, probs, self.thresholds, strict=True) if p >= t]
+        return [self.labels[int(np.argmax(probs))]]
+
+    def predict(
+        self,
+        images: list[ImageInput],
+        batch_size: int = 8,
+        names: list[str] | None = None,
+        keep_crops: bool = False,
+    ) -> list[Prediction]:
+        """One ``Prediction`` per input, in order; unreadable inputs get ``ok=False`` and a one-line error."""
+        names = names or [
+            str(i) if isinstance(i, (str, Path)) else f"image {n + 1}" for n, i in enumerate(images)
+        ]
+        results: list[Prediction | None] = [None] * len(images)
+        pending: list[tuple[int, Image.Image, torch.Tensor, list[str]]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            probs = self.probabilities(torch.stack([t for _, _, t, _ in pending]))
+            for (index, crop, _, notes), row in zip(pending, probs, strict=True):
+                results[index] = Prediction(
+                    image=names[index],
+                    ok=True,
+                    scores={label: round(float(p), 5) for label, p in zip(self.labels, row, strict=True)},
+                    predicted=self.decide(row),
+                    crop=crop if keep_crops else None,
+                    notes=notes,
+                )
+            pending.clear()
+
+        for index, source in enumerate(images):
+            try:
+                crop, tensor, notes = self.prepare(source, names[index])
+            except ImageError as error:
+                results[index] = Prediction(image=names[index], ok=False, error=str(error))
+                continue
+            pending.append((index, crop, tensor, notes))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return [r for r in results if r is not None]
+
+    def predict_one(self, image: ImageInput, name: str | None = None) -> Prediction:
+        """A single poster; raises ``ImageError`` for unreadable input (the demo turns it into gr.Error)."""
+        crop, tensor, notes = self.prepare(image, name)
+        row = self.probabilities(tensor[None])[0]
+        scores = {label: round(float(p), 5) for label, p in zip(self.labels, row, strict=True)}
+        return Prediction(
+            image=name or "image", ok=True, scores=scores, predicted=self.decide(row), crop=crop, notes=notes
+        )

@@ -1,0 +1,261 @@
+"""Run folders: self-describing, written atomically, loaded without unpickling anything.
+
+::
+
+    checkpoints/<run_id>/
+      config.json        RunConfig + environment (versions, device, seed)
+      status.json        running | completed | stopped | failed, error, progress, heartbeat
+      model.json         what a Predictor needs: backbone, head, label rule, thresholds, preprocessing
+      model.safetensors  the weights (float32 or float16)
+      history.json       one row per epoch
+      metrics.json       validation and test metrics beside their baselines, per-label tables
+      predictions.csv    validation and test scores per poster (for charts and galleries)
+      split.json         which movie went to which split
+      resume.*           optimizer state while a run can still be resumed (safetensors + JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from posterlab.config import RunConfig, from_dict
+from posterlab.errors import RunError
+from posterlab.models.factory import check_safetensors
+
+STATUSES = ("running", "completed", "stopped", "failed")
+HEARTBEAT_STALE_S = 300
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean_json(value: Any) -> Any:
+    """NaN/inf are not JSON; write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _clean_json(value.item())
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(_clean_json(data), indent=2, allow_nan=False))
+    os.replace(temporary, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; the run folder is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path}: not valid JSON ({error}); restore or delete the run") from None
+
+
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
+    )
+    os.replace(temporary, path)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; anything else (a pickle above all) is refused with a one-line error."""
+    check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for malformed files
+        raise RunError(
+            f"{path}: unreadable safetensors file ({str(error).splitlines()[0]}); re-save the weights"
+        ) from None
+
+
+def new_run_id(config: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    backbone = config.train.backbone.split(".")[0].replace("tf_efficientnet_", "").replace("_", "-")
+    return f"{stamp}-{backbone}-{config.train.mode}"
+
+
+class RunFolder:
+    """Writes one run's files. Only the training code writes; everything else reads via ``load_run``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, root: Path, config: RunConfig, environment: dict[str, Any]) -> RunFolder:
+        name = config.name or new_run_id(config)
+        path = Path(root) / name
+        if (path / "config.json").exists():
+            raise RunError(f"{path}: a run with this name exists; pick another name or delete it")
+        path.mkdir(parents=True, exist_ok=True)
+        folder = cls(path)
+        write_json(path / "config.json", {"run": _config_dict(config, name), "environment": environment})
+        folder.set_status("running", started=now_iso())
+        return folder
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        assert status in STATUSES
+        current = {}
+        if (self.path / "status.json").exists():
+            current = read_json(self.path / "status.json")
+        current.update(fields)
+        current.update(status=status, updated=now_iso(), pid=os.getpid())
+        if status != "failed" and "error" not in fields:
+            current.pop("error", None)
+        write_json(self.path / "status.json", current)
+
+    def write(self, name: str, data: Any) -> None:
+        write_json(self.path / name, data)
+
+    def save_weights(self, state: dict[str, torch.Tensor], dtype: str = "float32") -> None:
+        cast = torch.float16 if dtype == "float16" else torch.float32
+        tensors = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in state.items()}
+        save_tensors(self.path / "model.safetensors", tensors, metadata={"format": "pt", "dtype": dtype})
+
+    def write_predictions(self, frame: pd.DataFrame) -> None:
+        temporary = self.path / f".predictions.csv.{os.getpid()}.tmp"
+        frame.to_csv(temporary, index=False)
+        os.replace(temporary, self.path / "predictions.csv")
+
+
+def _config_dict(config: RunConfig, name: str) -> dict:
+    from posterlab.config import to_dict
+
+    values = to_dict(config)
+    values["name"] = name
+    return values
+
+
+@dataclass
+class Run:
+    """A run folder as read back: everything the app, the CLI and a Predictor need."""
+
+    path: Path
+    config: RunConfig
+    environment: dict
+    status: dict
+    model: dict | None = None
+    metrics: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def state(self) -> str:
+        return self.status.get("status", "failed")
+
+    def predictions(self) -> pd.DataFrame | None:
+        path = self.path / "predictions.csv"
+        if not path.exists():
+            return None
+        return pd.read_csv(path, dtype={"id": str, "split": str, "truth": str})
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _effective_status(status: dict) -> dict:
+    """A 'running' run whose process is gone (server restart, crash) reads as failed."""
+    if status.get("status") != "running" or status.get("pid") == os.getpid():
+        return status
+    try:
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(status.get("updated", ""))).total_seconds()
+    except ValueError:
+        age = float("inf")
+    if _pid_alive(status.get("pid")) and age < HEARTBEAT_STALE_S:
+        return status
+    return {
+        **status,
+        "status": "failed",
+        "error": "interrupted: the process running it ended; resume it with posterlab train --resume RUN_DIR",
+    }
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder (never unpickles; weights are checked to be safetensors when loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(
+            f"{path}: no such run folder; list runs with the app's Compare page or ls checkpoints/"
+        )
+    stray = [p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")]
+    if stray and not (path / "model.safetensors").exists():
+        raise RunError(
+            f"{path}: holds {', '.join(stray)} but no model.safetensors; posterlab never unpickles checkpoints "
+            "(they can run code); convert the weights with safetensors on a machine you trust"
+        )
+    raw = read_json(path / "config.json")
+    try:
+        config = from_dict(RunConfig, raw["run"])
+    except (KeyError, TypeError) as error:
+        raise RunError(f"{path / 'config.json'}: not a posterlab run config ({error})") from None
+    status = (
+        read_json(path / "status.json")
+        if (path / "status.json").exists()
+        else {"status": "failed", "error": "no status.json"}
+    )
+    model = read_json(path / "model.json") if (path / "model.json").exists() else None
+    metrics = read_json(path / "metrics.json") if (path / "metrics.json").exists() else None
+    history = read_json(path / "history.json") if (path / "history.json").exists() else []
+    return Run(path, config, raw.get("environment", {}), _effective_status(status), model, metrics, history)
+
+
+def list_runs(root: str | Path) -> list[Run]:
+    """Every readable run under ``root``, newest first (unreadable folders are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in root.iterdir():
+        if (path / "config.json").exists():
+            try:
+                runs.append(load_run(path))
+            except RunError:
+                continue
+    return sorted(runs, key=lambda r: r.status.get("started", ""), reverse=True)
+
+
+def delete_run(path: str | Path) -> None:
+    """Remove a run folder (refused while it is running in this process)."""
+    run = load_run(path)
+    if run.state == "running":
+        raise RunError(f"{run.path}: is still running; stop it first")
+    shutil.rmtree(run.path)
+
+
+def heartbeat_due(last: float, every: float = 5.0) -> bool:
+    return time.monotonic() - last >= every
