@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Started:
+    """A run began (or resumed) in ``run_dir``."""
+
+    run_dir: str
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
 class Progress:
     """Work within a stage: ``done`` of ``total`` items (posters, batches)."""
 
@@ -48,7 +56,7 @@ class Finished:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-Event = Progress | EpochEnd | Message | Finished
+Event = Started | Progress | EpochEnd | Message | Finished
 EventSink = Callable[[Event], None]
 
 

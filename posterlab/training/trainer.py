@@ -33,7 +33,7 @@ from posterlab.data.split import kfold_indices
 from posterlab.data.transforms import Preprocess
 from posterlab.errors import ConfigError, PosterlabError, RunError
 from posterlab.evaluation.metrics import evaluate_scores, main_metric, tune_thresholds
-from posterlab.events import EventSink, Finished, Message, Progress, StopRequested, ignore
+from posterlab.events import EventSink, Finished, Message, Progress, Started, StopRequested, ignore
 from posterlab.models.factory import (
     PosterModel,
     boundary_for,
@@ -125,6 +125,7 @@ def _run(
     resume: bool,
 ) -> Path:
     started = time.monotonic()
+    on_event(Started(str(folder.path), resumed=resume))
     try:
         headline, stopped = _train(folder, config, device, on_event, should_stop, resume)
     except StopRequested:
