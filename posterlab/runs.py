@@ -249,6 +249,42 @@ def list_runs(root: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: r.status.get("started", ""), reverse=True)
 
 
+def summary(run: Run) -> dict[str, Any]:
+    """One row for a runs table: what was trained on what, how it ended, test metrics and baselines."""
+    config = run.config
+    metrics = (run.metrics or {}).get("test", {})
+    row: dict[str, Any] = {
+        "run": run.name,
+        "status": run.state,
+        "backbone": config.train.backbone,
+        "mode": config.train.mode,
+        "data": config.data.path,
+        "target": config.data.labels.target,
+        "labels": ", ".join((run.metrics or {}).get("labels", [])),
+        "epochs": len(run.history),
+        "seconds": run.status.get("seconds"),
+        "started": run.status.get("started", ""),
+        "n_test": metrics.get("n"),
+    }
+    for name, value in metrics.get("metrics", {}).items():
+        row[name] = value
+    for name, value in metrics.get("baseline", {}).items():
+        row[f"baseline_{name}"] = value
+    if run.state == "failed":
+        row["error"] = run.status.get("error", "")
+    return row
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    """``summary`` for each run, as a DataFrame (empty with the key columns when there are none)."""
+    rows = [summary(run) for run in runs]
+    return (
+        pd.DataFrame(rows)
+        if rows
+        else pd.DataFrame(columns=["run", "status", "backbone", "mode", "data", "target"])
+    )
+
+
 def delete_run(path: str | Path) -> None:
     """Remove a run folder (refused while it is running in this process)."""
     run = load_run(path)

@@ -45,6 +45,23 @@ class Preprocess:
         )
 
     @classmethod
+    def for_backbone(cls, name: str, fit: str = "crop") -> Preprocess:
+        """The same as ``for_model`` from timm's registered config, without building the model."""
+        from posterlab.models import small_cnn  # noqa: F401  (registers its config)
+        from posterlab.models.registry import get_backbone
+
+        get_backbone(name)
+        config = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+        return cls(
+            input_size=tuple(config["input_size"]),
+            interpolation=config["interpolation"],
+            mean=tuple(float(v) for v in config["mean"]),
+            std=tuple(float(v) for v in config["std"]),
+            crop_pct=float(config["crop_pct"]),
+            fit=fit,
+        )
+
+    @classmethod
     def from_dict(cls, values: dict) -> Preprocess:
         return cls(
             input_size=tuple(values["input_size"]),
