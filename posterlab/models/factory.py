@@ -35,7 +35,8 @@ class PosterModel(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        features = backbone.num_features
+        # timm: the pooled output is head_hidden_size wide when a model keeps a pre-logits block (VGG)
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         if head == "mlp":
             hidden = 512
             self.head = nn.Sequential(

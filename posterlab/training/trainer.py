@@ -437,6 +437,7 @@ def _train(
 
     setup = _setup(config, prepared, device, on_event, should_stop)
     setup.trainable.to(device)
+    seed_everything(tc.seed)  # again: extraction may or may not have run (and drawn random numbers)
     train_rows = splits["train"][resample(y[splits["train"]], labels, dc.balance, dc.seed)]
     weights = loss_weights(y[splits["train"]], labels) if dc.balance == "weights" else None
     loss_fn = make_loss(rule, tc, weights, device)

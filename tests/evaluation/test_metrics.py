@@ -1,0 +1,46 @@
+"""Metrics and baselines on hand-checked numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from posterlab.data.labels import LabelRule
+from posterlab.evaluation.metrics import evaluate_scores, hit_at_k, multilabel_metrics, tune_thresholds
+
+RULE = LabelRule("genres", "multilabel", ("A", "B"))
+
+
+def test_perfect_and_constant_predictors():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.float32)
+    perfect = multilabel_metrics(y, y.astype(float), np.array([0.5, 0.5]))
+    assert perfect["micro_f1"] == perfect["map"] == perfect["subset_accuracy"] == 1.0
+    assert perfect["hamming"] == 0.0
+    report = evaluate_scores(RULE, y, y.astype(float), np.array([0.5, 0.5]), prior=np.array([0.5, 0.5]))
+    # the baseline predicts every label for every poster: precision 1/2, recall 1
+    assert report["baseline"]["micro_f1"] == pytest.approx(2 * 0.5 / 1.5)
+    assert report["baseline"]["roc_auc"] == 0.5
+    assert report["per_label"]["A"]["support"] == 2
+
+
+def test_thresholds_maximise_f1_on_validation():
+    y = np.array([[1], [1], [0], [0]], dtype=np.float32)
+    scores = np.array([[0.3], [0.25], [0.2], [0.1]])
+    threshold = tune_thresholds(y, scores)[0]
+    assert 0.2 < threshold <= 0.25
+
+
+def test_hit_at_k():
+    y = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.float32)
+    s = np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.3]])
+    assert hit_at_k(y, s, 1) == 0.0 and hit_at_k(y, s, 2) == 0.5 and hit_at_k(y, s, 3) == 1.0
+
+
+def test_single_label_report_with_majority_baseline():
+    rule = LabelRule("label", "binary", ("fresh", "rotten"))
+    y = np.array([0, 0, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]])
+    report = evaluate_scores(rule, y, probs, None, prior=np.array([0.7, 0.3]))
+    assert report["metrics"]["accuracy"] == 0.75 and report["metrics"]["roc_auc"] == 1.0
+    assert report["baseline"]["accuracy"] == 0.75 and report["baseline"]["balanced_accuracy"] == 0.5
+    assert report["confusion"] == [[2, 1], [0, 1]]

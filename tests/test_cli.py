@@ -1,0 +1,120 @@
+"""The command line: the DESIGN.md contract, JSON outputs, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from posterlab.cli import main
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "posterlab.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
+    out = tmp_path / "cli-run"
+    code = main(
+        [
+            "train",
+            "--data",
+            "sample",
+            "--genres",
+            "Drama,Comedy,Action",
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--no-pretrained",
+            "--epochs",
+            "2",
+            "--no-flip-views",
+            "--out",
+            str(out),
+            "-q",
+        ]
+    )
+    assert code == 0 and (out / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "sample", "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labels"] == ["Drama", "Comedy", "Action"]
+    assert {
+        "micro_f1",
+        "macro_f1",
+        "samples_f1",
+        "map",
+        "roc_auc",
+        "hamming",
+        "subset_accuracy",
+        "hit_at_1",
+    } <= set(result["metrics"])
+    assert main(["predict", str(out), str(poster_paths[0]), "--json"]) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    assert item["ok"] and item["error"] is None and set(item["scores"]) == {"Drama", "Comedy", "Action"}
+    assert set(item["predicted"]) <= set(item["scores"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--data", "/nowhere/at/all"], "posterlab: error: /nowhere/at/all: no such file or folder"),
+        (
+            ["train", "--data", "sample", "--genres", "Drama,Spaghetti Western", "--no-pretrained"],
+            "posterlab: error: unknown genre(s) Spaghetti Western",
+        ),
+        (
+            ["train", "--data", "sample", "--mode", "finetune", "--epochs", "0"],
+            "posterlab: error: epochs must be at least 1 (got 0)",
+        ),
+        (["predict", "/no/such/run", "x.jpg"], "posterlab: error: /no/such/run: no such run folder"),
+        (
+            ["evaluate", "/no/such/run", "--data", "sample"],
+            "posterlab: error: /no/such/run: no such run folder",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(args, expected, tmp_path):
+    result = run_cli(*args, env={"POSTERLAB_CHECKPOINTS": str(tmp_path)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("posterlab:")]
+    assert len(lines) == 1 and lines[0].startswith(expected)
+
+
+def test_offline_without_weights(tmp_path):
+    env = {"POSTERLAB_WEIGHTS_DIR": "", "POSTERLAB_CHECKPOINTS": str(tmp_path)}
+    result = run_cli("train", "--data", "sample", "--backbone", "resnet18", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no pretrained weights for resnet18" in result.stderr and "--no-pretrained" in result.stderr
+
+
+def test_predict_with_a_pickled_run(tmp_path, genre_run):
+    import shutil
+
+    import torch
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(genre_run, hostile)
+    torch.save({"w": torch.zeros(2)}, hostile / "model.safetensors")
+    result = run_cli("predict", str(hostile), "x.jpg")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pickled PyTorch checkpoint" in result.stderr
+
+
+def test_predict_reports_bad_images_in_json(genre_run, tmp_path, poster_paths):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run_cli("predict", str(genre_run), str(poster_paths[0]), str(bad), "--json")
+    assert result.returncode == 1
+    items = json.loads(result.stdout)
+    assert [i["ok"] for i in items] == [True, False]
+    assert items[1]["error"].startswith(f"{bad}: ")

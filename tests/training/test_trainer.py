@@ -1,0 +1,228 @@
+"""The one loop through every mode: run folders, cached features, stop/resume, failure, search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
+from posterlab.errors import DataError, RunError
+from posterlab.events import EpochEnd, Finished, Progress, Started
+from posterlab.runs import list_runs, load_run
+from posterlab.training.trainer import resume_run, train_run
+from tests.conftest import LITE0
+
+MULTILABEL_METRICS = {
+    "micro_f1",
+    "macro_f1",
+    "samples_f1",
+    "map",
+    "roc_auc",
+    "hamming",
+    "subset_accuracy",
+    "hit_at_1",
+}
+SINGLE_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
+
+
+def _probe(name: str, **train) -> RunConfig:
+    values = {
+        "backbone": LITE0,
+        "pretrained": False,
+        "mode": "probe",
+        "epochs": 4,
+        "flip_views": False,
+        **train,
+    }
+    return RunConfig(DataConfig(path="sample", labels=LabelConfig(top_n=6)), TrainConfig(**values), name=name)
+
+
+class Recorder:
+    def __init__(self, stop_after_epochs: int | None = None, stop_at_once: bool = False) -> None:
+        self.events: list = []
+        self.stop_after_epochs = stop_after_epochs
+        self.stop_at_once = stop_at_once
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+
+    def should_stop(self) -> bool:
+        if self.stop_at_once:
+            return True
+        epochs = sum(isinstance(e, EpochEnd) for e in self.events)
+        return self.stop_after_epochs is not None and epochs >= self.stop_after_epochs
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def test_image_mode_run_folder_describes_itself(genre_run: Path):
+    files = {p.name for p in genre_run.iterdir()}
+    assert {
+        "config.json",
+        "status.json",
+        "model.json",
+        "model.safetensors",
+        "history.json",
+        "metrics.json",
+        "predictions.csv",
+        "split.json",
+        "data.json",
+    } <= files
+    assert not {"resume.json", "resume.safetensors"} & files  # completed runs keep no optimizer state
+    assert not [p for p in files if p.startswith(".")]  # no temporary files left behind
+    run = load_run(genre_run)
+    assert run.state == "completed"
+    assert run.config.train.backbone == "posterlab_small_cnn"
+    assert run.environment["torch"] and run.environment["timm"]
+    assert len(run.history) == 2 and {"train_loss", "val_loss", "val_map"} <= set(run.history[0])
+    test = run.metrics["test"]
+    assert set(test["metrics"]) >= MULTILABEL_METRICS and set(test["baseline"]) >= MULTILABEL_METRICS
+    assert set(test["per_label"]) == set(run.metrics["labels"])
+    assert {"support", "precision", "recall", "f1", "ap", "threshold"} <= set(
+        next(iter(test["per_label"].values()))
+    )
+    assert test["baseline"]["roc_auc"] == 0.5
+    split = json.loads((genre_run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+    predictions = run.predictions()
+    assert set(predictions["split"]) == {"val", "test"}
+    assert len(predictions) == len(split["val"]) + len(split["test"])
+    model = run.model
+    assert len(model["thresholds"]) == len(model["rule"]["labels"]) == 4
+    assert model["preprocess"]["input_size"] == [3, 160, 160]
+
+
+def test_binary_probe_run(binary_run: Path):
+    run = load_run(binary_run)
+    assert run.state == "completed" and run.model["rule"]["task"] == "binary"
+    assert set(run.metrics["test"]["metrics"]) >= SINGLE_METRICS
+    assert run.metrics["test"]["baseline"]["balanced_accuracy"] == 0.5
+    assert len(run.metrics["test"]["confusion"]) == 2
+    assert run.metrics["cached_inputs"] is True
+
+
+def test_probe_caches_embeddings_and_is_reproducible(runs_root):
+    first, second = Recorder(), Recorder()
+    a = train_run(_probe("cache-a"), runs_root, on_event=first)
+    b = train_run(_probe("cache-b"), runs_root, on_event=second)
+    assert first.of(Progress) and any(p.stage == "extracting" for p in first.of(Progress))
+    assert not any(p.stage == "extracting" for p in second.of(Progress))  # the backbone never ran again
+    for x, y in zip(load_run(a).history, load_run(b).history, strict=True):  # same seed, same numbers
+        assert x["train_loss"] == pytest.approx(y["train_loss"]) and x["val_map"] == pytest.approx(
+            y["val_map"]
+        )
+    assert isinstance(first.events[0], Started) and first.of(Finished)[0].status == "completed"
+
+
+def test_stop_keeps_best_weights_and_resume_finishes(runs_root):
+    recorder = Recorder(stop_after_epochs=2)
+    path = train_run(
+        _probe("stop-resume", epochs=6, patience=0),
+        runs_root,
+        on_event=recorder,
+        should_stop=recorder.should_stop,
+    )
+    run = load_run(path)
+    assert run.state == "stopped"
+    assert len(run.history) == 2
+    assert run.metrics["test"]["metrics"]  # a stopped run is still evaluated
+    assert (path / "resume.safetensors").exists() and (path / "resume.json").exists()
+    again = Recorder()
+    resume_run(path, on_event=again)
+    run = load_run(path)
+    assert run.state == "completed"
+    assert [row["epoch"] for row in run.history] == [1, 2, 3, 4, 5, 6]
+    assert again.of(Started)[0].resumed
+    with pytest.raises(RunError, match="already completed"):
+        resume_run(path)
+
+
+def test_stop_before_the_first_epoch(runs_root):
+    recorder = Recorder(stop_at_once=True)
+    path = train_run(_probe("stop-early"), runs_root, on_event=recorder, should_stop=recorder.should_stop)
+    status = json.loads((path / "status.json").read_text())
+    assert status["status"] == "stopped" and "nothing to keep" in status["note"]
+    assert not (path / "model.safetensors").exists()
+
+
+def test_failure_is_recorded_with_the_error(runs_root):
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(genres=("Drama", "Space Opera"))),
+        TrainConfig(pretrained=False),
+        name="fails",
+    )
+    recorder = Recorder()
+    with pytest.raises(DataError):
+        train_run(config, runs_root, on_event=recorder)
+    status = load_run(runs_root / "fails").status
+    assert status["status"] == "failed"
+    assert status["error"].startswith("unknown genre(s) Space Opera; this dataset has:")
+    assert recorder.of(Finished)[0].status == "failed"
+    assert "fails" in [r.name for r in list_runs(runs_root)]
+
+
+def test_finetune_on_cpu_caches_the_frozen_part(runs_root):
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=3), limit=120),
+        TrainConfig(
+            backbone=LITE0,
+            pretrained=False,
+            mode="finetune",
+            unfreeze=1,
+            gradual_every=1,
+            epochs=2,
+            flip_views=True,
+        ),
+        name="finetune",
+    )
+    recorder = Recorder()
+    path = train_run(config, runs_root, on_event=recorder)
+    run = load_run(path)
+    assert run.state == "completed" and run.metrics["cached_inputs"] is True
+    assert any("activations after blocks.4" in m.text for m in recorder.events if hasattr(m, "text"))
+
+
+def test_search_with_folds_and_balancing(runs_root):
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=4), balance="weights"),
+        TrainConfig(
+            backbone=LITE0,
+            pretrained=False,
+            mode="probe",
+            epochs=3,
+            search_trials=3,
+            search_folds=2,
+            flip_views=False,
+            loss="asl",
+        ),
+        name="search",
+    )
+    path = train_run(config, runs_root)
+    table = json.loads((path / "search.json").read_text())
+    assert [row["trial"] for row in table] == [0, 1, 2] and all(row["folds"] == 2 for row in table)
+    assert load_run(path).model["hyper"]["lr"] in [row["lr"] for row in table]
+
+
+def test_single_label_from_genres_with_oversampling(runs_root):
+    config = RunConfig(
+        DataConfig(
+            path="sample",
+            labels=LabelConfig(target="label", genres=("Action", "Comedy", "Horror", "Romance")),
+            balance="oversample",
+        ),
+        TrainConfig(
+            backbone=LITE0, pretrained=False, mode="probe", epochs=2, flip_views=False, label_smoothing=0.1
+        ),
+        name="four-genres",
+    )
+    run = load_run(train_run(config, runs_root))
+    assert run.model["rule"]["target"] == "single" and run.model["rule"]["task"] == "multiclass"
+    assert len(run.metrics["test"]["confusion"]) == 4
+
+
+def test_existing_run_name_refused(runs_root, genre_run):
+    with pytest.raises(RunError, match="a run with this name exists"):
+        train_run(RunConfig(name=genre_run.name), runs_root)
