@@ -319,8 +319,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--flip-views",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="flip augmentation for cached features and flip TTA",
+        default=False,
+        help="also cache flipped posters: flip augmentation for cached inputs and flip TTA (doubles extraction)",
     )
     t.add_argument("--no-augment", action="store_true", help="no image augmentation (image modes)")
     t.add_argument("--balance", default="none", choices=BALANCE)

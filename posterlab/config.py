@@ -141,7 +141,7 @@ class TrainConfig:
     gradual_every: int = 0  # finetune: unfreeze one more level every N epochs (0: all at once)
     patience: int = 6  # early stopping on the validation metric; 0 disables
     monitor: str = "auto"  # validation metric; auto: map (multi-label) or balanced_accuracy
-    flip_views: bool = True  # cache flipped posters too: augmentation for cached features, TTA at eval
+    flip_views: bool = False  # cached flipped posters: augmentation for cached inputs, flip TTA at eval
     cache_activations: bool = True  # finetune on CPU: cache the frozen part's output once
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA
