@@ -1,0 +1,453 @@
+"""Exports of a trained run: an ONNX model checked against torch, and a Hugging Face Space bundle.
+
+``export_onnx`` writes an ONNX graph (input ``image``, output ``logits``, dynamic batch) and keeps it only
+when ONNX Runtime reproduces torch on real posters; written as ``RUN/model.onnx`` it serves
+``Predictor(RUN, backend="onnx")`` and ``posterlab predict --onnx``.
+
+``export_space`` writes a folder that starts with ``pip install -r requirements.txt && python app.py``::
+
+    README.md          Hugging Face front matter (sdk gradio, pinned sdk_version, app_file, ...)
+    app.py             the posterlab demo on the bundled run, on 0.0.0.0:$PORT
+    requirements.txt   pinned versions of what the bundle imports (found by reading its imports)
+    posterlab/         the package source (posterlab is not on PyPI), without the sample data
+    runs/<name>/       the run folder (JSON + safetensors; nothing pickled)
+    examples/          a few example posters
+    gallery/           a few labelled fresh/rotten posters (binary runs only)
+
+``push_space`` uploads such a folder with huggingface_hub when a token is available.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from string import Template
+
+import numpy as np
+import pandas as pd
+import torch
+
+from posterlab import settings
+from posterlab.errors import ModelError, PosterlabError, RunError
+from posterlab.inference import Predictor, load_model_folder
+from posterlab.runs import read_json
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+PARITY_POSTERS = 8
+# What a Space needs to serve a run; predictions.csv and split.json stay behind (local paths, no use there).
+RUN_FILES = (
+    "model.json",
+    "model.safetensors",
+    "config.json",
+    "status.json",
+    "metrics.json",
+    "history.json",
+    "data.json",
+)
+GALLERY_PER_CLASS = 12
+# Sample posters that make good examples in the demo and its bundle (all held out from the committed
+# demo runs' training).
+EXAMPLE_IDS = (
+    "tt0087469",  # Indiana Jones and the Temple of Doom
+    "tt0088847",  # The Breakfast Club
+    "tt0178868",  # Ringu
+    "tt0105690",  # Under Siege
+    "tt0160916",  # The Story of Us
+    "tt0416315",  # Wolf Creek
+    "tt0405094",  # The Lives of Others
+    "tt0098678",  # Worth Winning
+)
+TEMPLATES = Path(__file__).resolve().parent / "space_template"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".pyc")
+# Import names whose distribution name differs and that packages_distributions() may not resolve.
+KNOWN_DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn", "pytorch_grad_cam": "grad-cam"}
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def sample_posters(count: int = PARITY_POSTERS) -> list[Path]:
+    """The first ``count`` posters of the embedded sample (real posters for parity checks)."""
+    for folder in settings.SAMPLES.values():
+        images = sorted((folder / "images").glob("*.jpg"))
+        if images:
+            return images[:count]
+    raise RunError(
+        "no sample posters to check the export on (posterlab/sample is missing); pass posters=[...]"
+    )
+
+
+def _onnx_target(run: Path, out: Path) -> Path:
+    """``out`` as a file: a folder (or a path without ``.onnx``) gets ``model.onnx`` inside it."""
+    out = Path(out)
+    if out.is_dir() or out.suffix != ".onnx":
+        out = out / "model.onnx"
+    if out.resolve() != (run / "model.onnx").resolve():
+        log.info(
+            "Predictor(backend='onnx') reads %s; pass that path to serve this export", run / "model.onnx"
+        )
+    return out
+
+
+def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Write the ONNX graph with a dynamic batch axis; returns which exporter succeeded."""
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        return "dynamo"
+    except (
+        Exception
+    ) as error:  # torch.export rejects some models; the TorchScript exporter still handles them
+        log.info("torch.export-based ONNX export failed (%s); using the TorchScript exporter", error)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+        opset_version=17,
+    )
+    return "torchscript"
+
+
+def _probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    if multilabel:
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def export_onnx(
+    run: str | Path,
+    out: Path,
+    posters: list[Path] | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> dict:
+    """Export a run's model to ONNX and check it against torch on real posters.
+
+    The graph takes ``image`` (batch, 3, H, W), normalised as the run's preprocessing says, and returns
+    ``logits``. Parity is checked on a batch of posters and on a single poster (the batch axis is dynamic);
+    the file is only written when the largest difference of logits and probabilities is within
+    ``tolerance``. Returns ``{'path', 'max_abs_diff', 'posters', 'exporter'}``.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError("onnxruntime is not installed; pip install 'posterlab[onnx]'") from None
+    folder = Path(run)
+    info, model = load_model_folder(folder)
+    predictor = Predictor(folder)  # only for its preprocessing: the exact tensors a prediction uses
+    posters = list(posters) if posters else sample_posters()
+    batch = torch.stack([predictor.prepare(p)[1] for p in posters])
+    target = _onnx_target(folder, out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".onnx-") as scratch:
+        temporary = Path(scratch) / "model.onnx"
+        exporter = _export_graph(model, batch, temporary)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(temporary), options, providers=["CPUExecutionProvider"])
+        multilabel = info["rule"]["task"] == "multilabel"
+        worst = 0.0
+        for inputs in (batch, batch[:1]):
+            with torch.inference_mode():
+                expected = model(inputs).float().numpy()
+            got = session.run(None, {"image": inputs.numpy()})[0]
+            if got.shape != expected.shape:
+                raise ModelError(
+                    f"ONNX export of {folder} returns shape {got.shape}, torch {expected.shape}; report this backbone"
+                )
+            worst = max(
+                worst,
+                float(np.abs(got - expected).max()),
+                float(np.abs(_probabilities(got, multilabel) - _probabilities(expected, multilabel)).max()),
+            )
+        if not worst <= tolerance:  # also catches NaN
+            raise ModelError(
+                f"ONNX export of {folder} differs from torch by {worst:.2e} (limit {tolerance:.0e}) on "
+                f"{len(posters)} posters; nothing was written; keep the torch backend for this run"
+            )
+        os.replace(temporary, target)
+    log.info("wrote %s (%s exporter, max |torch - onnx| %.2e)", target, exporter, worst)
+    return {"path": str(target), "max_abs_diff": worst, "posters": len(posters), "exporter": exporter}
+
+
+# --------------------------------------------------------------------------------------- Space bundle
+
+
+def _distribution(module: str, index: dict[str, list[str]]) -> str | None:
+    """The installed distribution that provides top-level ``module`` (None when it is not installed)."""
+    if module in KNOWN_DISTRIBUTIONS:
+        return KNOWN_DISTRIBUTIONS[module]
+    names = index.get(module) or []
+    return names[0] if names else None
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds)
+
+
+def _optional(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """An import inside ``try: ... except ImportError`` is optional: the code runs without it."""
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+            return True
+    return False
+
+
+def imported_modules(entry: Path, package_root: Path) -> tuple[set[str], set[str]]:
+    """Follow the imports of ``entry`` through the ``posterlab`` package under ``package_root``.
+
+    Every import counts, including those inside functions (they run when the function does), except
+    optional ones guarded by ``except ImportError``. Returns (posterlab modules reached, third-party
+    top-level names).
+    """
+    seen: set[str] = set()
+    external: set[str] = set()
+    stdlib = set(sys.stdlib_module_names)
+
+    def source_of(module: str) -> Path | None:
+        base = package_root.joinpath(*module.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def visit(path: Path, module: str) -> None:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative import
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module or ""
+                names = [stem] + [f"{stem}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if _optional(node, parents):
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == "posterlab":
+                    enqueue(name)
+                elif top and top not in stdlib and top != "__future__":
+                    external.add(top)
+
+    def enqueue(module: str) -> None:
+        # ``from posterlab.x import y`` names a module or an attribute; import the packages on the way too
+        parts = module.split(".")
+        for end in range(1, len(parts) + 1):
+            name = ".".join(parts[:end])
+            if name in seen:
+                continue
+            path = source_of(name)
+            if path is None:
+                continue
+            seen.add(name)
+            visit(path, name)
+
+    visit(entry, "__main__")
+    return seen, external
+
+
+def pinned_requirements(entry: Path, package_root: Path) -> list[str]:
+    """``name==version`` for each third-party distribution the bundle imports, as installed here.
+
+    Local version labels (``+cu132``) are dropped: the Space installs from PyPI.
+    """
+    _, external = imported_modules(entry, package_root)
+    index = importlib.metadata.packages_distributions()
+    lines = {}
+    for module in sorted(external):
+        dist = _distribution(module, index)
+        if dist is None:
+            raise PosterlabError(
+                f"the bundle imports {module!r}, which is not installed here; install it and export again"
+            )
+        version = importlib.metadata.version(dist).split("+")[0]
+        lines[dist.lower()] = f"{dist}=={version}"
+    return [lines[k] for k in sorted(lines)]
+
+
+def _copy_run(run: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (run / name).exists():
+            shutil.copyfile(run / name, target / name)
+    for name in ("model.json", "model.safetensors"):
+        if not (target / name).exists():
+            raise RunError(f"{run}: has no {name}; only a completed run can be exported")
+
+
+def _vendor_package(target: Path) -> None:
+    """The posterlab source without the sample data, caches or templates."""
+    source = Path(__file__).resolve().parent
+    shutil.copytree(
+        source,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample", "space_template", ".*"),
+    )
+
+
+def example_posters() -> list[Path]:
+    """The demo's example posters from the embedded sample (those present: a bundle has its own)."""
+    folder = settings.SAMPLES["sample"] / "images"
+    return [folder / f"{i}.jpg" for i in EXAMPLE_IDS if (folder / f"{i}.jpg").is_file()]
+
+
+def _copy_examples(target: Path) -> None:
+    """The demo's example posters, with their titles (``labels.csv``) for the example captions."""
+    target.mkdir()
+    posters = example_posters()
+    for poster in posters:
+        shutil.copyfile(poster, target / poster.name)
+    table = settings.SAMPLES["sample"] / "labels.csv"
+    if posters and table.is_file():
+        frame = pd.read_csv(table, dtype=str)
+        frame = frame[frame["imdb_id"].isin([p.stem for p in posters])]
+        frame[["imdb_id", "title", "year", "genres"]].to_csv(target / "labels.csv", index=False)
+
+
+def _gallery_subset(target: Path, labels: tuple[str, ...]) -> int:
+    """A few labelled posters from the fresh/rotten sample, ``GALLERY_PER_CLASS`` per class."""
+    source = settings.SAMPLES["sample-rt"]
+    if not (source / "labels.csv").exists():
+        return 0
+    table = pd.read_csv(source / "labels.csv")
+    if "label" not in table or not set(labels) & set(table["label"].astype(str)):
+        return 0
+    chosen = table.groupby("label", group_keys=False).head(GALLERY_PER_CLASS).reset_index(drop=True)
+    (target / "images").mkdir(parents=True)
+    for image in chosen["image"]:
+        shutil.copyfile(source / image, target / image)
+    chosen.to_csv(target / "labels.csv", index=False)
+    return len(chosen)
+
+
+def _short_description(info: dict) -> str:
+    task = info["rule"]["task"]
+    labels = info["rule"]["labels"]
+    text = (
+        f"Movie genres from a poster, with Grad-CAM ({len(labels)} genres)"
+        if task == "multilabel"
+        else f"{' or '.join(labels)} from a movie poster, with Grad-CAM"
+    )
+    return text if len(text) <= 60 else text[:59] + "…"  # Spaces cap it at 60 characters
+
+
+def export_space(run: str | Path, out: Path) -> Path:
+    """Write a Hugging Face Space bundle for ``run`` into the new folder ``out``; returns ``out``.
+
+    The folder is assembled beside ``out`` and renamed into place, so a failed export leaves nothing.
+    """
+    run = Path(run)
+    load_model_folder(run)  # fails early, with the usual message, on an unfinished or unsafe run
+    info = read_json(run / "model.json")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PosterlabError(f"{out}: exists and is not empty; pick a new folder or delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = run.resolve().name
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+        bundle = Path(scratch) / "bundle"
+        bundle.mkdir()
+        _vendor_package(bundle / "posterlab")
+        _copy_run(run, bundle / "runs" / name)
+        _copy_examples(bundle / "examples")
+        gallery = 0
+        if info["rule"]["task"] == "binary":
+            gallery = _gallery_subset(bundle / "gallery", tuple(info["rule"]["labels"]))
+        values = {
+            "run_name": name,
+            "title": "posterlab: "
+            + ("poster genres" if info["rule"]["task"] == "multilabel" else "fresh or rotten"),
+            # the Space runs the gradio this demo was written and tested with
+            "gradio_version": importlib.metadata.version("gradio"),
+            "python_version": ".".join(platform.python_version_tuple()[:2]),
+            "short_description": _short_description(info),
+            "backbone": info["backbone"],
+            "labels": ", ".join(info["rule"]["labels"]),
+            "gallery": f"{gallery} labelled posters for the fresh-or-rotten view" if gallery else "none",
+        }
+        for template in ("app.py", "README.md"):
+            text = Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
+            (bundle / template).write_text(text, encoding="utf-8")
+        requirements = pinned_requirements(bundle / "app.py", bundle)
+        (bundle / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        stray = [p for p in bundle.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+        if stray:
+            raise RunError(f"{stray[0]}: a pickled file would ship in the bundle; remove it from {run}")
+        if out.exists():
+            out.rmdir()
+        os.replace(bundle, out)
+    log.info("wrote the Space bundle %s (%s)", out, ", ".join(requirements))
+    return out
+
+
+def push_space(folder: str | Path, repo_id: str) -> str:
+    """Upload a bundle to the Space ``repo_id`` (created when missing); returns the Space's URL.
+
+    Needs a Hugging Face token: ``HF_TOKEN`` or a saved ``hf auth login``.
+    """
+    folder = Path(folder)
+    if not (folder / "app.py").is_file() or not (folder / "README.md").is_file():
+        raise PosterlabError(
+            f"{folder}: not a Space bundle; create one with posterlab export RUN --format space --out DIR"
+        )
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise PosterlabError(f"{repo_id!r}: not a Space id; use USER/SPACE, e.g. alice/poster-genres")
+    from huggingface_hub import HfApi, get_token
+
+    token = get_token()
+    if not token:
+        raise PosterlabError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again "
+            f"(the bundle is ready in {folder})"
+        )
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=str(folder),
+            commit_message="posterlab export",
+        )
+    except Exception as error:  # huggingface_hub raises HTTP, offline and auth errors of many types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PosterlabError(
+            f"could not push to the Space {repo_id} ({type(error).__name__}: {first}); "
+            "check the token's write access and the network"
+        ) from None
+    return f"https://huggingface.co/spaces/{repo_id}"

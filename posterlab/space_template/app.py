@@ -1,0 +1,25 @@
+"""Hugging Face Space entry point, written by ``posterlab export --format space``.
+
+Serves the posterlab demo for the bundled run on 0.0.0.0 and the port in $$PORT (7860 by default).
+Nothing is downloaded at run time: the weights are in runs/, the example posters in examples/.
+"""
+
+import os
+from pathlib import Path
+
+# no usage statistics or version checks: the Space needs no network beyond its install
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from posterlab.demo import build_demo, launch_options  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+demo = build_demo(
+    run=HERE / "runs" / "$run_name",
+    examples=sorted((HERE / "examples").glob("*.jpg")),
+    gallery=HERE / "gallery" if (HERE / "gallery" / "labels.csv").exists() else None,
+)
+
+if __name__ == "__main__":
+    demo.launch(**launch_options(host="0.0.0.0", port=int(os.environ.get("PORT", "7860"))))
