@@ -1,0 +1,266 @@
+"""Explore: a run's predictions vs truth, its worst mistakes, the posters it is surest about for any
+label (with Grad-CAM), activation maps, and your own posters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from posterlab.errors import PosterlabError
+from posterlab.evaluation import figures, interpret
+from posterlab.explain import METHODS
+from posterlab.models.factory import feature_levels
+from posterlab.runs import Run, list_runs
+from workbench import state, through_app
+from workbench.widgets import forget_invalid, run_picker, show_error
+
+through_app()  # before anything is drawn: see workbench.through_app
+
+COLUMNS = 6
+MARKS = {"right": "✓", "partly": "≈", "wrong": "✗"}
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
+
+
+def outcome(row: pd.Series) -> str:
+    """right (the predicted labels are the true ones), partly (some in common) or wrong."""
+    truth = set(str(row["truth"] or "").split("|")) - {""}
+    predicted = set(str(row["predicted"] or "").split("|")) - {""}
+    return "right" if truth == predicted else "partly" if truth & predicted else "wrong"
+
+
+def caption(row: pd.Series, extra: str = "") -> str:
+    """A poster's caption: ✓/≈/✗ and title, an optional extra (a score, a loss), truth and prediction."""
+    mark = MARKS[row["outcome"]]
+    title = row.get("title") if isinstance(row.get("title"), str) and row.get("title") else row["id"]
+    parts = [f"{mark} {title}"] + ([extra] if extra else [])
+    parts += [f"truth: {row['truth'] or '–'}", f"predicted: {row.get('predicted') or '–'}"]
+    return " · ".join(parts).replace("|", ", ")
+
+
+def grid(
+    rows: pd.DataFrame,
+    captions: list[str],
+    cam_label: str | Callable[[pd.Series], str] | None = None,
+    run: Run | None = None,
+    method: str = "",
+) -> None:
+    """Posters in rows of ``COLUMNS``. With ``cam_label`` (a label, or a function of the row giving one),
+    each poster's Grad-CAM is drawn under it once the row's posters are on screen."""
+    items = list(rows.iterrows())
+    for start in range(0, len(items), COLUMNS):
+        columns = st.columns(COLUMNS)
+        shown = []
+        for column, (index, (_, row)) in zip(
+            columns, enumerate(items[start : start + COLUMNS], start), strict=False
+        ):
+            with column:
+                if not interpret.exists(row["image"]):
+                    st.caption(f"(image missing) {captions[index]}")
+                    continue
+                st.image(row["image"], caption=captions[index], width="stretch")
+                shown.append((column, row))
+        if cam_label is None or run is None:
+            continue
+        for column, row in shown:  # the slow part, after the posters, so the page fills in progressively
+            label = cam_label(row) if callable(cam_label) else cam_label
+            with column, st.spinner("Grad-CAM…"):
+                image, _ = state.overlay(run.path, row["image"], label, method)
+            column.image(image, caption=f"Grad-CAM: {label}", width="stretch")
+
+
+def gallery(run: Run, table: pd.DataFrame, labels: list[str], multilabel: bool) -> None:
+    """Predictions vs truth, filtered."""
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+    choices = ["all", "right", "partly", "wrong"] if multilabel else ["all", "right", "wrong"]
+    shown = c1.selectbox(
+        "Show",
+        choices,
+        key="explore_outcome",
+        persist_state="session",
+        help="partly: some of the predicted genres are right",
+    )
+    truth = c2.multiselect("Truth includes", labels, key="explore_truth", persist_state="session")
+    predicted = c3.multiselect(
+        "Prediction includes", labels, key="explore_predicted", persist_state="session"
+    )
+    count = c4.number_input("Posters", 6, 120, 24, step=6, key="explore_count", persist_state="session")
+    rows = table
+    if shown != "all":
+        rows = rows[rows["outcome"] == shown]
+    for column, wanted in (("truth", truth), ("predicted", predicted)):
+        if wanted:
+            sets = rows[column].fillna("").map(lambda s: set(str(s).split("|")))
+            rows = rows[sets.map(lambda s, w=set(wanted): w <= s)]
+    shares = table["outcome"].value_counts(normalize=True)
+    st.caption(
+        f"{len(rows)} of {len(table)} posters match. Overall: "
+        + ", ".join(f"{MARKS[k]} {k} {shares.get(k, 0):.0%}" for k in choices[1:])
+    )
+    rows = rows.head(int(count))
+    grid(rows, [caption(row) for _, row in rows.iterrows()])
+
+
+def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> None:
+    """The posters the model got most wrong, overall or on one label, optionally with Grad-CAM."""
+    c1, c2, c3 = st.columns([2, 1, 1])
+    forget_invalid("explore_loss_label", ["(every label)"] + labels)
+    label = c1.selectbox(
+        "Loss on", ["(every label)"] + labels, key="explore_loss_label", persist_state="session"
+    )
+    k = c2.slider("How many", 1, 24, 6, key="explore_loss_k", persist_state="session")
+    show_cam = c3.toggle(
+        "Grad-CAM",
+        key="explore_loss_cam",
+        persist_state="session",
+        help="Where the model looked for the label",
+    )
+    chosen = None if label == "(every label)" else label
+    rows = interpret.top_losses(table, k, chosen)
+    extra_column = "label_loss" if chosen else "loss"
+    captions = [caption(row, f"loss {row[extra_column]:.2f}") for _, row in rows.iterrows()]
+    if show_cam:
+        target = chosen or (lambda row: _top_label(row, labels))
+        grid(rows, captions, target, run, method)
+    else:
+        grid(rows, captions)
+
+
+def _top_label(row: pd.Series, labels: list[str]) -> str:
+    """The label a poster scored highest on."""
+    return max(labels, key=lambda label: row[f"p:{label}"])
+
+
+def ranked(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> None:
+    """Top-k posters by any label's probability (e.g. most fresh / most rotten), with Grad-CAM."""
+    c1, c2, c3 = st.columns([2, 1, 1])
+    forget_invalid("explore_rank_label", labels)
+    label = c1.selectbox("Label", labels, key="explore_rank_label", persist_state="session")
+    k = c2.slider("How many", 1, 18, 6, key="explore_rank_k", persist_state="session")
+    lowest = c3.toggle("Lowest instead", key="explore_rank_low", persist_state="session")
+    rows = interpret.ranked_by_label(table, label, k, lowest=lowest)
+    st.caption(
+        f"{'Lowest' if lowest else 'Highest'} p({label}); under each poster, Grad-CAM ({method}) of the "
+        f"evidence for {label}."
+    )
+    captions = [caption(row, f"p({label}) {row[f'p:{label}']:.2f}") for _, row in rows.iterrows()]
+    grid(rows, captions, label, run, method)
+
+
+def activations(run: Run, table: pd.DataFrame) -> None:
+    """Feature maps of one poster at any stage of the backbone."""
+    predictor = state.model(run.path).predictor
+    levels = feature_levels(predictor.model.backbone)
+    titles = {
+        row.image: (row.title if isinstance(row.title, str) and row.title else row.id)
+        for row in table.itertuples()
+        if interpret.exists(row.image)
+    }
+    if not titles:
+        st.info("No poster files to show.")
+        return
+    c1, c2 = st.columns([2, 2])
+    forget_invalid("explore_act_poster", list(titles))
+    image = c1.selectbox(
+        "Poster", list(titles), format_func=titles.get, key="explore_act_poster", persist_state="session"
+    )
+    level = c2.select_slider(
+        "Stage (shallow → deep)",
+        list(range(len(levels))),
+        value=len(levels) - 1,
+        format_func=lambda i: f"{i + 1}: {levels[i]}",
+        key="explore_act_level",
+        persist_state="session",
+    )
+    name, maps, mean = state.activations(run.path, image, level)
+    left, middle, right = st.columns([1, 1, 3])
+    left.image(image, caption="poster", width="stretch")
+    middle.image(mean, caption=f"mean activation of {name}, on the crop the model saw", width="stretch")
+    right.plotly_chart(
+        figures.feature_maps(maps, f"The {len(maps)} most active channels of {name}"), key="explore_act_maps"
+    )
+
+
+def uploads(run: Run, method: str) -> None:
+    """Your own posters: scores against thresholds, and Grad-CAM for the predicted labels."""
+    files = st.file_uploader("Posters", type=UPLOAD_TYPES, accept_multiple_files=True, key="explore_upload")
+    if not files:
+        st.caption("Upload one or more posters to score them with this run and see where it looked.")
+        return
+    predictor = state.model(run.path).predictor
+    thresholds = (
+        dict(zip(predictor.labels, map(float, predictor.thresholds), strict=True))
+        if predictor.thresholds is not None
+        else None
+    )
+    for upload in files:
+        with st.container(border=True):
+            try:
+                with st.spinner(f"Scoring {upload.name}…"):
+                    result = state.explain_upload(run.path, upload.getvalue(), upload.name, method)
+            except PosterlabError as error:
+                show_error(error)
+                continue
+            st.markdown(
+                f"**{upload.name}** → {', '.join(result.predicted) or '(no label over its threshold)'}"
+            )
+            if result.notes:
+                st.caption("; ".join(result.notes))
+            columns = st.columns([1] + [1] * len(result.overlays) + [2])
+            columns[0].image(result.crop, caption="what the model saw", width="stretch")
+            for column, (label, image) in zip(columns[1:], result.overlays.items(), strict=False):
+                column.image(image, caption=f"{label} {result.scores[label]:.2f}", width="stretch")
+            columns[-1].plotly_chart(
+                figures.scores_bar(result.scores, thresholds), key=f"explore_scores_{upload.file_id}"
+            )
+
+
+folder = state.checkpoints()
+st.title(":material/image_search: Explore")
+runs = [r for r in list_runs(folder) if r.model is not None and (r.path / "model.safetensors").exists()]
+if not runs:
+    st.info(f"No trained run in `{folder}` yet: train one on the Train page.")
+    st.stop()
+top_left, top_middle, top_right = st.columns([3, 1, 1])
+with top_left:
+    run = run_picker(runs, "Run", key="explore_run")
+split = top_middle.radio(
+    "Posters", ["test", "val", "all"], horizontal=True, key="explore_split", persist_state="session"
+)
+method = top_right.selectbox("Grad-CAM method", list(METHODS), key="explore_method", persist_state="session")
+try:
+    table = interpret.load_predictions(run, None if split == "all" else split)
+    state.model(run.path)  # fail early, in one line, if the weights cannot be loaded
+    if not table.empty:
+        table = table.assign(outcome=table.apply(outcome, axis=1))
+except PosterlabError as error:
+    show_error(error)
+    st.stop()
+labels = list(run.model["rule"]["labels"])
+st.caption(
+    f"{run.config.train.backbone} · {run.config.train.mode} · {len(table)} {split} posters · labels: {', '.join(labels)}"
+)
+
+tab_gallery, tab_losses, tab_ranked, tab_maps, tab_uploads = st.tabs(
+    ["Predictions vs truth", "Top losses", "Top by label", "Activation maps", "Your posters"],
+    key="explore_tab",
+    on_change="rerun",  # only the open tab runs: Grad-CAM is computed for what is on screen
+)
+if table.empty and not tab_uploads.open:
+    st.info("This run stored no predictions for these posters.")
+elif tab_gallery.open:
+    with tab_gallery:
+        gallery(run, table, labels, run.model["rule"]["task"] == "multilabel")
+elif tab_losses.open:
+    with tab_losses:
+        losses(run, table, labels, method)
+elif tab_ranked.open:
+    with tab_ranked:
+        ranked(run, table, labels, method)
+elif tab_maps.open:
+    with tab_maps:
+        activations(run, table)
+elif tab_uploads.open:
+    with tab_uploads:
+        uploads(run, method)

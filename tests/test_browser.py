@@ -1,0 +1,225 @@
+"""One real-browser pass over the workbench: ``streamlit run app.py`` in a subprocess, Debian's chromium
+driven by Playwright. Start a small probe run from Train, use another page while it trains (timed), see
+it complete, find it on Compare, upload a poster in Explore and see its Grad-CAM overlay.
+
+Screenshots and timings go to ``tests/artifacts/`` (git-ignored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from posterlab import settings
+from tests.conftest import lite0_weights
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+RUN = "browser-probe"
+POSTER = sorted((settings.SAMPLES["sample"] / "images").glob("*.jpg"))[0]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    ),
+]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """The app served by ``streamlit run`` on a free port, with a checkpoints folder of its own."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "POSTERLAB_CHECKPOINTS": str(tmp_path / "checkpoints"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    log = (tmp_path / "streamlit.log").open("w")
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
+    command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def settle(page: Page, timeout: float = 120_000) -> None:
+    """Wait until the app has finished its current script run (the status widget goes away)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout, polling=100
+    )
+
+
+def go(page: Page, name: str) -> None:
+    """Open a page from the sidebar navigation and wait for it."""
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=name, exact=True).click()
+    settle(page)
+
+
+def shot(page: Page, name: str) -> None:
+    """Save a full-page screenshot under tests/artifacts/."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+
+
+def timed_visit(page: Page, name: str, text: str, chart: bool = False) -> float:
+    """Seconds from a click on a page's link to its content (and first chart) being shown."""
+    from playwright.sync_api import expect
+
+    clicked = time.monotonic()
+    page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=name, exact=True).click()
+    expect(page.get_by_text(text, exact=True)).to_be_visible(timeout=60_000)
+    if chart:
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+    seconds = time.monotonic() - clicked
+    settle(page)
+    return seconds
+
+
+def fill(page: Page, label: str, value: str) -> None:
+    """Type into a labelled input and commit it (Enter), as a user does."""
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Enter")
+    settle(page)
+
+
+def test_probe_run_from_train_to_compare_and_explore(server: str) -> None:
+    """Train a small probe run from the browser, use another page meanwhile, then Compare and Explore."""
+    from playwright.sync_api import expect, sync_playwright
+
+    timings: dict[str, float | str] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1600})
+            # the fresh server's first request is a page's own URL (a refresh after a restart): it must
+            # still come through app.py, with the sidebar settings (workbench.through_app)
+            started = time.monotonic()
+            page.goto(f"{server}/train")
+            expect(page.get_by_role("button", name="Start training")).to_be_visible(timeout=120_000)
+            expect(page.get_by_label("Checkpoints folder", exact=True)).to_be_visible()
+            settle(page)
+            timings["first_load_s"] = round(time.monotonic() - started, 2)
+            go(page, "Home")
+            expect(page.get_by_text("What can a movie poster tell us")).to_be_visible()
+            shot(page, "1-home")
+
+            # the Dataset page once before training (its first visit reads and checks every poster)
+            timings["dataset_first_visit_s"] = round(
+                timed_visit(page, "Dataset", "Labels to learn", chart=True), 2
+            )
+
+            go(page, "Train")
+            expect(page.get_by_role("button", name="Start training")).to_be_visible()
+            if lite0_weights() is None:  # no local ImageNet weights: a small CNN from scratch instead
+                page.get_by_role("combobox", name="Backbone").click()
+                page.get_by_role("option", name="Small CNN (from scratch)").click()
+                settle(page)
+                timings["model"] = "posterlab_small_cnn full"
+            else:
+                timings["model"] = "tf_efficientnet_lite0 probe"
+            fill(page, "Epochs", "4")
+            fill(page, "Poster limit (0: all)", "80")
+            fill(page, "Run name (optional)", RUN)
+            page.get_by_role("button", name="Start training").click()
+            expect(page.get_by_text(f"{RUN}").first).to_be_visible(timeout=30_000)
+            shot(page, "2-train-running")
+
+            # while it trains: another page, timed from the click to its charts being drawn
+            clicked = time.monotonic()
+            seconds = timed_visit(page, "Dataset", "Labels to learn", chart=True)
+            timings["dataset_click_while_training_s"] = round(seconds, 2)
+            timings["sidebar_showed_training"] = page.get_by_text("Follow it on Train").count() > 0
+            shot(page, "3-dataset-while-training")
+            timings["home_click_while_training_s"] = round(timed_visit(page, "Home", "Where to go"), 2)
+            timings["still_training_after_home"] = page.get_by_text("Follow it on Train").count() > 0
+
+            go(page, "Train")
+            expect(page.get_by_label("Epochs", exact=True)).to_have_value("4")  # the form kept its values
+            done = page.get_by_text(re.compile(rf"{RUN}\s*·\s*(completed|stopped|failed)")).first
+            expect(done).to_be_visible(timeout=240_000)
+            settle(page)
+            timings["start_to_completed_s"] = round(time.monotonic() - clicked, 2)
+            expect(page.get_by_text(re.compile(rf"{RUN}\s*·\s*completed")).first).to_be_visible()
+            shot(page, "4-train-completed")
+
+            timings["dataset_click_idle_s"] = round(
+                timed_visit(page, "Dataset", "Labels to learn", chart=True), 2
+            )
+            timings["home_click_idle_s"] = round(timed_visit(page, "Home", "Where to go"), 2)
+
+            clicked = time.monotonic()
+            go(page, "Compare")
+            expect(page.get_by_test_id("stMultiSelect").get_by_text(RUN)).to_be_visible(timeout=60_000)
+            timings["compare_click_to_table_s"] = round(time.monotonic() - clicked, 2)
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            shot(page, "5-compare")
+
+            go(page, "Explore")
+            expect(page.get_by_role("tab", name="Your posters")).to_be_visible(timeout=60_000)
+            page.get_by_role("tab", name="Your posters").click()
+            settle(page)
+            page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(POSTER))
+            expect(page.get_by_text("what the model saw")).to_be_visible(timeout=120_000)
+            settle(page)
+            images = page.locator("[data-testid='stImage']")
+            assert images.count() >= 2, "the crop the model saw and at least one Grad-CAM overlay"
+            expect(page.get_by_text(f"{POSTER.name} →")).to_be_visible()
+            shot(page, "6-explore-upload")
+        finally:
+            browser.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))

@@ -1,0 +1,368 @@
+"""Page pieces used by more than one page: label selection, run pickers, training progress, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from posterlab.config import BALANCE, LabelConfig, parse_threshold_target
+from posterlab.data.labels import genre_counts
+from posterlab.data.sources import PosterDataset
+from posterlab.errors import ConfigError, DataError
+from posterlab.runs import Run
+from posterlab.training.manager import Snapshot
+
+TARGETS = {
+    "genres": "Genres (multi-label)",
+    "label": "One label per poster",
+    "threshold": "A numeric column over a threshold",
+}
+HOW = {"top": "Top N", "pick": "Pick", "all": "All"}
+OPERATORS = (">=", ">", "<=", "<")
+_NOT_NUMERIC = {"id", "image", "genres", "label", "digest", "width", "height"}
+HEADLINE = ("map", "micro_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc")
+STATUS_ICONS = {
+    "running": ":material/autorenew:",
+    "completed": ":material/check_circle:",
+    "stopped": ":material/stop_circle:",
+    "failed": ":material/error:",
+}
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error message (the core's errors are one line that names the fix)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def show_error(error: BaseException) -> None:
+    """An error as one ``st.error`` line."""
+    st.error(one_line(error), icon=":material/error:")
+
+
+def require_dataset() -> tuple[str, PosterDataset]:
+    """The sidebar's dataset (path, posters); stops the page with a hint when there is none."""
+    from workbench import state
+
+    path = state.dataset_path()
+    if not path:
+        st.info("Pick a dataset in the sidebar (the embedded sample works out of the box).")
+        st.stop()
+    return path, state.dataset(path)
+
+
+def parse_merges(text: str) -> tuple[tuple[str, str], ...]:
+    """``'Musical=Music, Sci-Fi=Science Fiction'`` → ``(('Musical', 'Music'), ('Sci-Fi', 'Science Fiction'))``."""
+    pairs = []
+    for part in re.split(r"[,;\n]", text or ""):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ConfigError(f"merge {part.strip()!r}: write FROM=INTO, e.g. Musical=Music")
+        source, target = (side.strip() for side in part.split("=", 1))
+        if not source or not target:
+            raise ConfigError(f"merge {part.strip()!r}: both sides need a genre name, e.g. Musical=Music")
+        pairs.append((source, target))
+    return tuple(pairs)
+
+
+def numeric_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns that can carry a threshold target (mostly numbers, more than two values)."""
+    found = []
+    for column in frame.columns:
+        if column in _NOT_NUMERIC:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.notna().mean() >= 0.5 and values.nunique() > 2:
+            found.append(column)
+    return found
+
+
+def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = None) -> LabelConfig:
+    """Widgets for what to learn (target, which labels, merges); returns the ``LabelConfig`` they describe.
+
+    Raises ``ConfigError`` / ``DataError`` with a one-line message for a selection that cannot work."""
+    default = default or LabelConfig(top_n=6)
+    has_genres = "genres" in frame and int(frame["genres"].map(len).sum()) > 0
+    has_label = "label" in frame and bool(frame["label"].notna().any())
+    numeric = numeric_columns(frame)
+    kinds = [
+        kind
+        for kind, usable in (
+            ("genres", has_genres),
+            ("label", has_genres or has_label),
+            ("threshold", bool(numeric)),
+        )
+        if usable
+    ]
+    if not kinds:
+        raise DataError("this dataset has no genres, labels or numeric columns to learn from")
+    threshold = parse_threshold_target(default.target)
+    wanted = "threshold" if threshold else default.target
+    kind = st.radio(
+        "What to predict",
+        kinds,
+        index=kinds.index(wanted) if wanted in kinds else 0,
+        format_func=TARGETS.get,
+        horizontal=True,
+        key=f"{key}_target",
+        persist_state="session",
+        help="Genres: any number per poster (sigmoid). One label: a `label` column, or the one selected "
+        "genre of posters that carry exactly one (softmax). Threshold: e.g. imdb_score >= 7.",
+    )
+    if kind == "threshold":
+        return _threshold_controls(frame, key, numeric, threshold)
+
+    how_col, amount_col = st.columns([1, 1])
+    merge_col = st.container()
+    min_col, other_col = st.columns([1, 1], vertical_alignment="bottom")
+    merge = parse_merges(
+        merge_col.text_input(
+            "Merge synonyms",
+            value=", ".join(f"{a}={b}" for a, b in default.merge),
+            placeholder="Musical=Music, Sci-Fi=Science Fiction",
+            key=f"{key}_merge",
+            persist_state="session",
+            help="FROM=INTO pairs, comma-separated: posters tagged FROM count as INTO.",
+        )
+    )
+    from_label_column = kind == "label" and has_label
+    counts = (
+        frame["label"].dropna().map(str).value_counts().rename("posters")
+        if from_label_column
+        else genre_counts(frame, merge)
+    )
+    same_kind = default.target == kind
+    default_how = (
+        ("pick" if default.genres else "top" if default.top_n else "all")
+        if same_kind
+        else ("all" if from_label_column else "top")
+    )
+    how = how_col.radio(
+        "Which labels",
+        list(HOW),
+        index=list(HOW).index(default_how),
+        format_func=HOW.get,
+        horizontal=True,
+        key=f"{key}_how",
+        persist_state="session",
+    )
+    top_n, picked = None, ()
+    if st.session_state.get(f"{key}_top", 0) > len(counts):  # fewer labels than before (merges, target)
+        st.session_state[f"{key}_top"] = max(1, len(counts))
+    if how == "top":
+        top_n = int(
+            amount_col.number_input(
+                "How many of the most common",
+                min_value=1,
+                max_value=max(1, len(counts)),
+                value=min(default.top_n if same_kind and default.top_n else 6, max(1, len(counts))),
+                key=f"{key}_top",
+                persist_state="session",
+            )
+        )
+    elif how == "pick":
+        chosen = [g for g in (default.genres if same_kind else ()) if g in counts.index]
+        picked = tuple(
+            amount_col.multiselect(
+                "Labels",
+                list(counts.index),
+                default=chosen or list(counts.index[: min(4, len(counts))]),
+                format_func=lambda g: f"{g} ({counts[g]})",
+                key=f"{key}_pick",
+                persist_state="session",
+            )
+        )
+        if not picked:
+            raise ConfigError("pick at least one label (or choose Top N / All)")
+    else:
+        amount_col.caption(
+            f"All {len(counts)} labels: "
+            + ", ".join(map(str, counts.index[:12]))
+            + ("…" if len(counts) > 12 else "")
+        )
+    min_count = int(
+        min_col.number_input(
+            "Min. posters per label",
+            min_value=1,
+            value=default.min_count,
+            key=f"{key}_min",
+            persist_state="session",
+            help="Labels with fewer posters are left out (or merged into Other).",
+        )
+    )
+    other = other_col.checkbox(
+        "Merge the rest into “Other”",
+        value=default.other,
+        key=f"{key}_other",
+        persist_state="session",
+        help="Posters whose labels are all outside the selection get the label Other instead of being dropped.",
+    )
+    return LabelConfig(target=kind, genres=picked, top_n=top_n, min_count=min_count, other=other, merge=merge)
+
+
+def _threshold_controls(
+    frame: pd.DataFrame, key: str, numeric: list[str], default: tuple[str, str, float] | None
+) -> LabelConfig:
+    """Column, comparison and value of a binary target such as ``imdb_score>=7``."""
+    column0, op0, value0 = default or (
+        "imdb_score" if "imdb_score" in numeric else numeric[0],
+        ">=",
+        None,
+    )
+    left, middle, right = st.columns([2, 1, 1])
+    forget_invalid(f"{key}_column", numeric)
+    column = left.selectbox(
+        "Column",
+        numeric,
+        index=numeric.index(column0) if column0 in numeric else 0,
+        key=f"{key}_column",
+        persist_state="session",
+    )
+    op = middle.selectbox(
+        "Rule", OPERATORS, index=OPERATORS.index(op0), key=f"{key}_op", persist_state="session"
+    )
+    values = pd.to_numeric(frame[column], errors="coerce")
+    start = value0 if value0 is not None and column == column0 else round(float(values.median()), 1)
+    value = right.number_input(
+        "Value", value=float(start), key=f"{key}_value_{column}", persist_state="session"
+    )
+    known = values.dropna()
+    share = float(
+        {">=": known >= value, ">": known > value, "<=": known <= value, "<": known < value}[op].mean()
+    )
+    st.caption(f"{share:.0%} of posters with a {column} value are positive.")
+    return LabelConfig(target=f"{column}{op}{value:g}")
+
+
+BALANCE_HELP = {
+    "none": "train on the posters as they are",
+    "weights": "weigh the loss: BCE pos_weight / CE class weights",
+    "undersample": "drop posters of common labels down to the rarest label's count",
+    "oversample": "repeat posters of rare labels (augmented differently each epoch)",
+}
+
+
+def balance_control(key: str) -> str:
+    """How to balance the training split (shared by the Dataset and Train pages through ``key``)."""
+    return st.selectbox(
+        "Balancing (training split)",
+        BALANCE,
+        format_func=lambda m: f"{m}: {BALANCE_HELP[m]}",
+        key=f"{key}_balance",
+        persist_state="session",
+    )
+
+
+def forget_invalid(key: str, options: Sequence) -> None:
+    """Drop a remembered choice that is no longer among ``options`` (another run, another dataset)."""
+    if key in st.session_state and st.session_state[key] not in list(options):
+        del st.session_state[key]
+
+
+def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = None) -> Run | None:
+    """A select box over runs (newest first); the chosen run, or None when there are none."""
+    if not runs:
+        return None
+    by_name = {run.name: run for run in runs}
+    forget_invalid(key, list(by_name))
+    name = st.selectbox(
+        label,
+        list(by_name),
+        format_func=lambda n: f"{n}  ·  {by_name[n].state}  ·  {by_name[n].config.train.backbone}",
+        key=key,
+        help=help,
+        persist_state="session",
+    )
+    return by_name.get(name)
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The headline metrics present in a metrics dict, in a fixed order."""
+    return {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
+
+
+def planned_epochs(run_dir: str | None) -> int | None:
+    """The epochs a run was configured for (from its ``config.json``; None while unknown)."""
+    if not run_dir:
+        return None
+    try:
+        return int(json.loads((Path(run_dir) / "config.json").read_text())["run"]["train"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def progress(snapshot: Snapshot) -> tuple[float, str]:
+    """(fraction done, one line saying what the run is doing) for a progress bar.
+
+    While training, the manager reports batches within an epoch (``Progress``: detail ``epoch N``)
+    and finished epochs (``EpochEnd``); the bar covers all planned epochs."""
+    if not snapshot.running:
+        return 1.0, f"{snapshot.status} · took {elapsed(snapshot.elapsed)}"
+    fraction = min(1.0, snapshot.done / snapshot.total) if snapshot.total else 0.0
+    text = (
+        f"{snapshot.stage or 'starting'} {snapshot.done}/{snapshot.total}"
+        if snapshot.total
+        else snapshot.stage
+    )
+    if snapshot.detail and snapshot.stage != "training":
+        text += f" · {snapshot.detail}"
+    epochs = planned_epochs(snapshot.run_dir)
+    if snapshot.stage == "training" and epochs:
+        finished = len(snapshot.history)
+        in_epoch = snapshot.detail == f"epoch {finished + 1}" and snapshot.total  # a batch event
+        part = snapshot.done / snapshot.total if in_epoch else 0.0
+        fraction = min(1.0, (finished + part) / epochs)
+        text = f"epoch {min(finished + 1, epochs)}/{epochs}"
+        if in_epoch:
+            text += f" · batch {snapshot.done}/{snapshot.total}"
+    text = f"{text or 'starting'} · {elapsed(snapshot.elapsed)}"
+    if snapshot.stop_requested:
+        text += " · stopping…"
+    return fraction, text
+
+
+def integer_epochs(figure: go.Figure, epochs: int) -> go.Figure:
+    """Whole-number epoch ticks (plotly would draw 1.5, 2.5 ... for short runs)."""
+    return figure.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)))
+
+
+def when(iso: str | None) -> str:
+    """``'2026-11-21T12:07:58+00:00'`` → ``'2026-11-21 12:07 UTC'``."""
+    try:
+        return pd.Timestamp(iso).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC") if iso else "?"
+    except (ValueError, TypeError):
+        return str(iso)
+
+
+def elapsed(seconds: float) -> str:
+    """``75.2`` → ``'1 min 15 s'``."""
+    seconds = int(round(seconds or 0))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def training_sidebar(active: bool) -> None:
+    """The sidebar's training indicator; polls the manager while a run trains, on every page."""
+    st.fragment(_training_sidebar, run_every=2.0 if active else None)(active)
+
+
+def _training_sidebar(was_active: bool) -> None:
+    """The indicator's body (a fragment): the active run's progress, or one page refresh when it ends."""
+    from workbench.state import trainers
+
+    manager = trainers().active()
+    if manager is None:
+        if was_active:
+            st.rerun()  # the run ended: refresh the whole page once (tables, pickers, this panel)
+        return
+    snapshot = manager.snapshot()
+    fraction, text = progress(snapshot)
+    st.markdown(f"**Training** `{snapshot.name}`")
+    st.progress(fraction, text=text)
+    st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
