@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from posterlab.config import FITS, AugmentConfig, DataConfig
+from posterlab.config import FITS, DataConfig
 from posterlab.data import stats
 from posterlab.data.balance import balance_table, loss_weights, resample
 from posterlab.data.images import load_image
@@ -16,7 +16,7 @@ from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures
 from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 from workbench import state, through_app
-from workbench.widgets import balance_control, label_controls, require_dataset, show_error
+from workbench.widgets import augment_controls, balance_control, label_controls, require_dataset, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
 
@@ -170,22 +170,7 @@ if tab_augment.open:
         fit = c2.selectbox("Fit to the square input", FITS, key="dataset_aug_fit", persist_state="session")
         count = c3.slider("Posters", 1, 8, 4, key="dataset_aug_posters", persist_state="session")
         views = c4.slider("Views each", 1, 6, 4, key="dataset_aug_views", persist_state="session")
-        d = AugmentConfig()
-        a1, a2, a3, a4, a5, a6 = st.columns(6)
-        augment = AugmentConfig(
-            flip=a1.checkbox("Flip", d.flip, key="dataset_aug_flip", persist_state="session"),
-            random_crop=a2.checkbox(
-                "Random crop", d.random_crop, key="dataset_aug_crop", persist_state="session"
-            ),
-            rotate=a3.slider(
-                "Rotate (°)", 0.0, 30.0, d.rotate, key="dataset_aug_rotate", persist_state="session"
-            ),
-            shift=a4.slider("Shift", 0.0, 0.3, d.shift, key="dataset_aug_shift", persist_state="session"),
-            shear=a5.slider(
-                "Shear (°)", 0.0, 20.0, d.shear, key="dataset_aug_shear", persist_state="session"
-            ),
-            zoom=a6.slider("Zoom ±", 0.0, 0.5, d.zoom, key="dataset_aug_zoom", persist_state="session"),
-        )
+        augment = augment_controls("dataset_aug")
         st.button("New draw", icon=":material/casino:", key="dataset_aug_redraw")
         preprocess = Preprocess.for_backbone(backbone, fit)
         geometry, train = preprocess.geometry(), preprocess.train_transform(augment)

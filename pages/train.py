@@ -16,7 +16,6 @@ from posterlab.config import (
     OPTIMIZERS,
     SAVE_DTYPES,
     SCHEDULES,
-    AugmentConfig,
     DataConfig,
     RunConfig,
     TrainConfig,
@@ -30,6 +29,7 @@ from posterlab.runs import list_runs
 from workbench import state, through_app
 from workbench.widgets import (
     STATUS_ICONS,
+    augment_controls,
     balance_control,
     elapsed,
     headline,
@@ -293,20 +293,7 @@ def new_run_form(folder: Path) -> None:
             "Folds per trial (0: validation split)", 0, 10, 0, key="train_folds", persist_state="session"
         )
     with st.expander("Augmentation (image modes: finetune and full)"):
-        d = AugmentConfig()
-        a1, a2, a3, a4, a5, a6 = st.columns(6)
-        augment = dict(
-            flip=a1.checkbox("Flip", d.flip, key="train_aug_flip", persist_state="session"),
-            random_crop=a2.checkbox(
-                "Random crop", d.random_crop, key="train_aug_crop", persist_state="session"
-            ),
-            rotate=a3.slider(
-                "Rotate (°)", 0.0, 30.0, d.rotate, key="train_aug_rotate", persist_state="session"
-            ),
-            shift=a4.slider("Shift", 0.0, 0.3, d.shift, key="train_aug_shift", persist_state="session"),
-            shear=a5.slider("Shear (°)", 0.0, 20.0, d.shear, key="train_aug_shear", persist_state="session"),
-            zoom=a6.slider("Zoom ±", 0.0, 0.5, d.zoom, key="train_aug_zoom", persist_state="session"),
-        )
+        augment = augment_controls("train_aug")
     name = st.text_input(
         "Run name (optional)",
         key="train_name",
@@ -351,7 +338,7 @@ def new_run_form(folder: Path) -> None:
                     save_dtype=save_dtype,
                     search_trials=int(trials),
                     search_folds=int(folds),
-                    augment=AugmentConfig(**augment),
+                    augment=augment,
                 ),
                 name=name,
             )

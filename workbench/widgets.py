@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from posterlab.config import BALANCE, LabelConfig, parse_threshold_target
+from posterlab.config import BALANCE, AugmentConfig, LabelConfig, parse_threshold_target
 from posterlab.data.labels import genre_counts
 from posterlab.data.sources import PosterDataset
 from posterlab.errors import ConfigError, DataError
@@ -247,6 +247,21 @@ BALANCE_HELP = {
     "undersample": "drop posters of common labels down to the rarest label's count",
     "oversample": "repeat posters of rare labels (augmented differently each epoch)",
 }
+
+
+def augment_controls(key: str) -> AugmentConfig:
+    """A row of augmentation controls (defaults from ``AugmentConfig``), remembered per session."""
+    d = AugmentConfig()
+    a1, a2, a3, a4, a5, a6 = st.columns(6)
+    remember = {"persist_state": "session"}
+    return AugmentConfig(
+        flip=a1.checkbox("Flip", d.flip, key=f"{key}_flip", **remember),
+        random_crop=a2.checkbox("Random crop", d.random_crop, key=f"{key}_crop", **remember),
+        rotate=a3.slider("Rotate (°)", 0.0, 30.0, d.rotate, key=f"{key}_rotate", **remember),
+        shift=a4.slider("Shift", 0.0, 0.3, d.shift, key=f"{key}_shift", **remember),
+        shear=a5.slider("Shear (°)", 0.0, 20.0, d.shear, key=f"{key}_shear", **remember),
+        zoom=a6.slider("Zoom ±", 0.0, 0.5, d.zoom, key=f"{key}_zoom", **remember),
+    )
 
 
 def balance_control(key: str) -> str:

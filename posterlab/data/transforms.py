@@ -34,15 +34,7 @@ class Preprocess:
 
     @classmethod
     def for_model(cls, model: nn.Module, fit: str = "crop") -> Preprocess:
-        config = timm.data.resolve_data_config({}, model=model)
-        return cls(
-            input_size=tuple(config["input_size"]),
-            interpolation=config["interpolation"],
-            mean=tuple(float(v) for v in config["mean"]),
-            std=tuple(float(v) for v in config["std"]),
-            crop_pct=float(config["crop_pct"]),
-            fit=fit,
-        )
+        return cls._from_timm(timm.data.resolve_data_config({}, model=model), fit)
 
     @classmethod
     def for_backbone(cls, name: str, fit: str = "crop") -> Preprocess:
@@ -51,7 +43,11 @@ class Preprocess:
         from posterlab.models.registry import get_backbone
 
         get_backbone(name)
-        config = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+        pretrained_cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        return cls._from_timm(timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg), fit)
+
+    @classmethod
+    def _from_timm(cls, config: dict, fit: str) -> Preprocess:
         return cls(
             input_size=tuple(config["input_size"]),
             interpolation=config["interpolation"],
