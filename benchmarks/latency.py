@@ -31,7 +31,12 @@ from posterlab.inference import Predictor
 
 def percentiles(samples: list[float]) -> dict:
     values = np.asarray(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p95_ms": round(float(np.percentile(values, 95)), 1), "mean_ms": round(statistics.fmean(values), 1), "n": len(values)}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 1),
+        "p95_ms": round(float(np.percentile(values, 95)), 1),
+        "mean_ms": round(statistics.fmean(values), 1),
+        "n": len(values),
+    }
 
 
 def measure(fn, posters: list[Path], warmup: int = 5) -> dict:
@@ -46,7 +51,9 @@ def measure(fn, posters: list[Path], warmup: int = 5) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", default="checkpoints/demo-genres")
     parser.add_argument("--posters", type=int, default=60)
     parser.add_argument("--out", default="benchmarks/results")

@@ -27,7 +27,26 @@ def test_device_resolution_without_a_gpu():
 
 
 def test_throughput_script_runs_its_path_on_cpu(tmp_path, sample_dir):
-    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--device", "cpu", "--batch", "4", "--steps", "2", "--warmup", "1", "--backbones", "posterlab_small_cnn", "--data", str(sample_dir), "--workers", "1", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu_throughput.py"),
+        "--device",
+        "cpu",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--backbones",
+        "posterlab_small_cnn",
+        "--data",
+        str(sample_dir),
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     result = json.loads((tmp_path / "gpu_throughput.json").read_text())
     row = result["backbones"]["posterlab_small_cnn"]

@@ -44,5 +44,9 @@ def test_importing_the_core_loads_no_ui():
 
 
 def test_timm_create_model_has_one_caller():
-    callers = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "timm.create_model(" in p.read_text()]
+    callers = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if "timm.create_model(" in p.read_text()
+    ]
     assert callers == ["models/factory.py"]
