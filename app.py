@@ -10,7 +10,7 @@ import streamlit as st
 
 from posterlab import settings
 from posterlab.errors import PosterlabError
-from workbench import state
+from workbench import state, through_app
 from workbench.widgets import show_error, training_sidebar
 
 SOURCES = {
@@ -76,6 +76,7 @@ def checkpoint_settings() -> None:
     )
 
 
+through_app()  # a first request on a fresh server must not run as an old-style pages/ app
 st.set_page_config(page_title="posterlab", page_icon=":material/movie:", layout="wide")
 page = st.navigation(
     [
