@@ -8,6 +8,8 @@ Recipes:
   probe         tf_efficientnet_lite0 frozen, cached embeddings, linear head
   best          tf_efficientnet_lite0 fine-tuned: the top feature level trains (blocks 5-6 + head conv)
                 at lr 1e-4 (head 1e-3), cached frozen activations with flipped views, flip TTA
+  probe_pad_weighted  probe on the whole poster padded to square, class weights, flip views
+                (the committed fresh/rotten demo model; use it with --tasks fresh_rotten)
 
     python benchmarks/quality.py --data ../shared/datasets   # writes benchmarks/results/quality.json
 
@@ -17,6 +19,7 @@ Runs land in benchmarks/results/runs/ and are reused when complete (--fresh retr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -78,7 +81,8 @@ def main() -> int:
             started = time.monotonic()
             if not folder.exists():
                 print(f"training {name} ...", file=sys.stderr, flush=True)
-                train_run(RunConfig(data, RECIPES[recipe], name=name), runs)
+                train, changes = RECIPES[recipe]
+                train_run(RunConfig(dataclasses.replace(data, **changes), train, name=name), runs)
             run = load_run(folder)
             test = run.metrics["test"]
             row = {

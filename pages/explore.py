@@ -232,14 +232,22 @@ method = top_right.selectbox("Grad-CAM method", list(METHODS), key="explore_meth
 try:
     table = interpret.load_predictions(run, None if split == "all" else split)
     state.model(run.path)  # fail early, in one line, if the weights cannot be loaded
+    elsewhere = 0
     if not table.empty:
-        table = table.assign(outcome=table.apply(outcome, axis=1))
+        # a run trained on another machine's dataset: show the posters that are here (the embedded
+        # sample carries the committed demo runs' test posters)
+        here = table["image"].map(interpret.exists)
+        elsewhere = int((~here).sum())
+        table = table[here].reset_index(drop=True)
+        table = table.assign(outcome=table.apply(outcome, axis=1)) if not table.empty else table
 except PosterlabError as error:
     show_error(error)
     st.stop()
 labels = list(run.model["rule"]["labels"])
 st.caption(
-    f"{run.config.train.backbone} · {run.config.train.mode} · {len(table)} {split} posters · labels: {', '.join(labels)}"
+    f"{run.config.train.backbone} · {run.config.train.mode} · {len(table)} {split} posters"
+    + (f" ({elsewhere} more are not on this machine)" if elsewhere else "")
+    + f" · labels: {', '.join(labels)}"
 )
 
 tab_gallery, tab_losses, tab_ranked, tab_maps, tab_uploads = st.tabs(

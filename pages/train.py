@@ -199,7 +199,7 @@ def new_run_form(folder: Path) -> None:
         lr = st.select_slider(
             "Learning rate",
             LEARNING_RATES,
-            value=1e-3 if probe else 3e-4,
+            value=1e-3,
             format_func=lambda v: f"{v:g}",
             key=f"train_lr_{mode}",
             persist_state="session",

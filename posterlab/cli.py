@@ -65,7 +65,7 @@ def build_run_config(args: argparse.Namespace):
         head=args.head,
         epochs=args.epochs if args.epochs is not None else (30 if args.mode == "probe" else 8),
         batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else (1e-3 if args.mode == "probe" else 3e-4),
+        lr=args.lr,
         backbone_lr_scale=args.backbone_lr_scale,
         weight_decay=args.weight_decay,
         dropout=args.dropout,
@@ -303,7 +303,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="linear", choices=HEADS)
     t.add_argument("--epochs", type=int, help="default 30 (probe) or 8")
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, help="default 1e-3 (probe) or 3e-4")
+    t.add_argument(
+        "--lr", type=float, default=1e-3, help="head learning rate (the backbone's is scaled, below)"
+    )
     t.add_argument("--backbone-lr-scale", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--dropout", type=float, default=0.2)

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from posterlab import settings
 from posterlab.config import RunConfig, from_dict
 from posterlab.errors import RunError
 from posterlab.models.factory import check_safetensors
@@ -78,6 +79,7 @@ def save_tensors(
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
     )
+    os.chmod(temporary, 0o644)  # safetensors writes owner-only files; run folders are meant to be shared
     os.replace(temporary, path)
 
 
@@ -170,10 +172,13 @@ class Run:
         return self.status.get("status", "failed")
 
     def predictions(self) -> pd.DataFrame | None:
+        """Validation and test scores per poster (``predictions.csv``), image paths located."""
         path = self.path / "predictions.csv"
         if not path.exists():
             return None
-        return pd.read_csv(path, dtype={"id": str, "split": str, "truth": str})
+        table = pd.read_csv(path, dtype={"id": str, "split": str, "truth": str})
+        table["image"] = table["image"].map(locate_image)
+        return table
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -186,6 +191,18 @@ def _pid_alive(pid: Any) -> bool:
     except OSError:
         return True  # exists, owned by someone else
     return True
+
+
+def locate_image(path: str) -> str:
+    """A stored poster path, or the embedded sample's copy of the same file when the original is not on
+    this machine (the committed demo runs were evaluated on posters the sample carries)."""
+    if Path(path).is_file():
+        return path
+    for root in settings.SAMPLES.values():
+        candidate = root / "images" / Path(path).name
+        if candidate.is_file():
+            return str(candidate)
+    return path
 
 
 def _effective_status(status: dict) -> dict:

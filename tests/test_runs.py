@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,12 @@ def test_list_table_and_delete(tmp_path, genre_run, binary_run):
     )
     delete_run(root / genre_run.name)
     assert [r.name for r in list_runs(root)] == [binary_run.name]
+
+
+def test_moved_posters_are_found_in_the_sample(tmp_path, genre_run):
+    moved = tmp_path / "moved"
+    shutil.copytree(genre_run, moved)
+    table = load_run(moved).predictions()
+    table["image"] = ["/somewhere/else/" + Path(p).name for p in table["image"]]
+    table.to_csv(moved / "predictions.csv", index=False)
+    assert all(Path(p).is_file() for p in load_run(moved).predictions()["image"])
