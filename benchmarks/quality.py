@@ -32,10 +32,18 @@ from posterlab.training.trainer import train_run
 
 TOP6 = ("Drama", "Comedy", "Romance", "Action", "Thriller", "Horror")
 FOUR = ("Action", "Comedy", "Horror", "Romance")
-RECIPES = {
-    "probe": TrainConfig(mode="probe", epochs=30, lr=1e-3, patience=6),
-    "best": TrainConfig(
-        mode="finetune", unfreeze=1, epochs=8, lr=1e-3, backbone_lr_scale=0.1, patience=3, flip_views=True
+RECIPES = {  # name → (training, changes to the task's data config)
+    "probe": (TrainConfig(mode="probe", epochs=30, lr=1e-3, patience=6), {}),
+    "best": (
+        TrainConfig(
+            mode="finetune", unfreeze=1, epochs=8, lr=1e-3, backbone_lr_scale=0.1, patience=3, flip_views=True
+        ),
+        {},
+    ),
+    # the committed fresh/rotten demo model: whole poster (pad), class weights, flips (picked on validation)
+    "probe_pad_weighted": (
+        TrainConfig(mode="probe", epochs=40, lr=1e-3, patience=6, flip_views=True),
+        {"fit": "pad", "balance": "weights"},
     ),
 }
 TARGETS = {  # from the issue: (task, recipe) → minimum test values
