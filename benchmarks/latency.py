@@ -76,7 +76,7 @@ def main() -> int:
     result = {
         "run": args.run,
         "backbone": torch_predictor.info["backbone"],
-        "flip_tta": torch_predictor.tta,
+        "views": list(torch_predictor.fits),
         "torch_threads": torch.get_num_threads(),
         "onnx_max_abs_diff": parity["max_abs_diff"],
         "predict_torch": measure(torch_predictor.predict_one, posters),

@@ -7,7 +7,9 @@ Tasks (all on a movie-level 60/20/20 split, seed 0; test = the 20% no model saw)
 Recipes:
   probe         tf_efficientnet_lite0 frozen, cached embeddings, linear head
   best          tf_efficientnet_lite0 fine-tuned: the top feature level trains (blocks 5-6 + head conv)
-                at lr 1e-4 (head 1e-3), cached frozen activations with flipped views, flip TTA
+                at lr 1e-4 (head 1e-3) on cached frozen activations; each poster seen three ways (centre
+                crop, padded whole poster, squashed whole poster) and flipped: a random view per epoch,
+                the three fits averaged at test time
   probe_pad_weighted  probe on the whole poster padded to square, class weights, flip views
                 (the committed fresh/rotten demo model; use it with --tasks fresh_rotten)
 
@@ -38,7 +40,7 @@ RECIPES = {  # name → (training, changes to the task's data config)
         TrainConfig(
             mode="finetune", unfreeze=1, epochs=8, lr=1e-3, backbone_lr_scale=0.1, patience=3, flip_views=True
         ),
-        {},
+        {"fit": "crop", "extra_fits": ("pad", "squash")},
     ),
     # the committed fresh/rotten demo model: whole poster (pad), class weights, flips (picked on validation)
     "probe_pad_weighted": (

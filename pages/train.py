@@ -214,8 +214,14 @@ def new_run_form(folder: Path) -> None:
             labels = None
         balance = balance_control(state.selection_key(path))
         left, right = st.columns(2)
-        fit = left.selectbox(
-            "Fit posters to the square input", FITS, key="train_fit", persist_state="session"
+        fits = left.multiselect(
+            "Fit posters to the square input",
+            FITS,
+            default=["crop"],
+            key="train_fits",
+            persist_state="session",
+            help="crop: centre crop; pad: whole poster on a square; squash: whole poster stretched. Several: "
+            "training sees a random one, test time averages them all (the first is what Grad-CAM shows).",
         )
         limit = right.number_input(
             "Poster limit (0: all)",
@@ -272,8 +278,9 @@ def new_run_form(folder: Path) -> None:
             persist_state="session",
         )
         flip_views = c4.checkbox(
-            "Flipped views (cached features) and flip TTA",
-            True,
+            "Flipped copies (cached features)",
+            False,
+            help="Probe and CPU finetune train on cached features; flipped copies give them flip augmentation.",
             key="train_flip_views",
             persist_state="session",
         )
@@ -311,7 +318,8 @@ def new_run_form(folder: Path) -> None:
                     labels=labels,
                     seed=int(seed),
                     balance=balance,
-                    fit=fit,
+                    fit=(fits or ["crop"])[0],
+                    extra_fits=tuple(fits[1:]),
                     limit=int(limit) or None,
                 ),
                 train=TrainConfig(

@@ -48,6 +48,7 @@ def build_run_config(args: argparse.Namespace):
             raise PosterlabError(f"{args.config}: cannot read the config ({error})") from None
         return from_dict(RunConfig, values.get("run", values))
     out = Path(args.out) if args.out else None
+    fits = [f.strip() for f in args.fit.split(",") if f.strip()] or ["crop"]
     labels = LabelConfig(
         target=args.target,
         other=args.other,
@@ -56,7 +57,13 @@ def build_run_config(args: argparse.Namespace):
         **_genres_arg(args.genres),
     )
     data = DataConfig(
-        path=args.data, labels=labels, seed=args.seed, balance=args.balance, fit=args.fit, limit=args.limit
+        path=args.data,
+        labels=labels,
+        seed=args.seed,
+        balance=args.balance,
+        fit=fits[0],
+        extra_fits=tuple(fits[1:]),
+        limit=args.limit,
     )
     train = TrainConfig(
         backbone=args.backbone,
@@ -326,7 +333,12 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-augment", action="store_true", help="no image augmentation (image modes)")
     t.add_argument("--balance", default="none", choices=BALANCE)
-    t.add_argument("--fit", default="crop", choices=FITS, help="how posters fit the model's square input")
+    t.add_argument(
+        "--fit",
+        default="crop",
+        help=f"how posters fit the square input: {', '.join(FITS)}; several (crop,pad,squash) train on each "
+        "and average them at test time, the first is the one Grad-CAM draws on",
+    )
     t.add_argument("--limit", type=int, help="use at most N posters (quick runs)")
     t.add_argument(
         "--search",

@@ -87,18 +87,29 @@ class DataConfig:
     seed: int = 0
     balance: str = "none"
     fit: str = "crop"  # crop: centre crop (timm's default); pad: whole poster padded to square; squash
+    # more ways to fit each poster: a random one per epoch in training, all averaged at test time
+    extra_fits: tuple[str, ...] = ()
     near_duplicate_bits: int = 4  # perceptual-hash distance under which posters count as the same; -1 off
     limit: int | None = None  # use at most this many posters (a random subset, by seed)
 
     def __post_init__(self) -> None:
         _choice("balance", self.balance, BALANCE)
         _choice("fit", self.fit, FITS)
+        for extra in self.extra_fits:
+            _choice("extra_fits", extra, FITS)
+        if len(set(self.fits)) != len(self.fits):
+            raise ConfigError(f"fits must differ (got {', '.join(self.fits)})")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ConfigError(f"{name} must be between 0 and 0.5 (got {value})")
         if self.limit is not None:
             _at_least("limit", self.limit, 10)
+
+    @property
+    def fits(self) -> tuple[str, ...]:
+        """Every way posters are fitted to the model's input; the first is the one Grad-CAM draws on."""
+        return (self.fit, *self.extra_fits)
 
 
 @dataclass(frozen=True)
@@ -141,7 +152,7 @@ class TrainConfig:
     gradual_every: int = 0  # finetune: unfreeze one more level every N epochs (0: all at once)
     patience: int = 6  # early stopping on the validation metric; 0 disables
     monitor: str = "auto"  # validation metric; auto: map (multi-label) or balanced_accuracy
-    flip_views: bool = False  # cached flipped posters: augmentation for cached inputs, flip TTA at eval
+    flip_views: bool = False  # cache flipped posters too: flip augmentation for cached inputs
     cache_activations: bool = True  # finetune on CPU: cache the frozen part's output once
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA

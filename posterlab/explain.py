@@ -151,9 +151,9 @@ class Explainer:
         from posterlab.data.images import load_image
 
         loaded = load_image(image, name=name)
-        crop = self.predictor._geometry(loaded.image)
-        tensor = self.predictor._to_tensor(crop)
-        probs = self.predictor.probabilities(tensor[None])[0]
+        crop, views = self.predictor.fitted(loaded.image)
+        probs = self.predictor.probabilities(views[None])[0]  # the scores a prediction gives
+        tensor = views[0]  # Grad-CAM on the primary fit, the crop shown
         scores = {label: float(p) for label, p in zip(self.predictor.labels, probs, strict=True)}
         predicted = self.predictor.decide(probs)
         if labels is None:
@@ -183,9 +183,9 @@ def activation_maps(
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
     try:
-        _, tensor, _ = predictor.prepare(image)
+        _, views, _ = predictor.prepare(image)
         with torch.inference_mode():
-            predictor.model(tensor[None])
+            predictor.model(views[:1])
     finally:
         handle.remove()
     output = captured[0][0].float()

@@ -159,7 +159,7 @@ def export_onnx(
     info, model = load_model_folder(folder)
     predictor = Predictor(folder)  # only for its preprocessing: the exact tensors a prediction uses
     posters = list(posters) if posters else sample_posters()
-    batch = torch.stack([predictor.prepare(p)[1] for p in posters])
+    batch = torch.stack([predictor.prepare(p)[1][0] for p in posters])  # the primary view of each
     target = _onnx_target(folder, out)
     target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -8,7 +8,7 @@ Runtime backend serves plain predictions from ``model.onnx`` when the folder has
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +115,11 @@ class Predictor:
         self.rule = rule_from_dict(self.info["rule"])
         self.labels: tuple[str, ...] = self.rule.labels
         self.thresholds = np.asarray(self.info["thresholds"]) if self.info.get("thresholds") else None
-        self.preprocess = Preprocess.from_dict(self.info["preprocess"])
-        self.tta = bool(self.info.get("tta", False))
-        self._geometry = self.preprocess.geometry()
-        self._to_tensor = self.preprocess.to_tensor()
+        self.preprocess = Preprocess.from_dict(self.info["preprocess"])  # the primary fit: Grad-CAM's
+        # every fit the run averages at test time (primary first), as (geometry, to-tensor) pairs
+        self.fits: tuple[str, ...] = tuple(self.info.get("fits") or [self.preprocess.fit])
+        fitted = [replace(self.preprocess, fit=fit) for fit in self.fits]
+        self._views = [(p.geometry(), p.to_tensor()) for p in fitted]
         self.backend = backend
         self._onnx = None
         if backend == "onnx":
@@ -148,29 +149,40 @@ class Predictor:
         options.log_severity_level = 3
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+    def fitted(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
+        """(the primary fit's crop, (views, 3, H, W) normalised tensors: one per fit, primary first)."""
+        crops = [geometry(image) for geometry, _ in self._views]
+        tensors = torch.stack(
+            [to_tensor(crop) for crop, (_, to_tensor) in zip(crops, self._views, strict=True)]
+        )
+        return crops[0], tensors
+
     def prepare(
         self, source: ImageInput, name: str | None = None
     ) -> tuple[Image.Image, torch.Tensor, list[str]]:
-        """Load a poster safely and return (crop the model sees, normalised tensor, load notes)."""
+        """Load a poster safely: (the crop Grad-CAM draws on, the tensors of every view, load notes)."""
         loaded = load_image(source, name=name)
-        crop = self._geometry(loaded.image)
-        return crop, self._to_tensor(crop), loaded.notes
+        crop, tensors = self.fitted(loaded.image)
+        return crop, tensors, loaded.notes
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """(n, 3, H, W) normalised tensors → (n, labels) probabilities (flip-averaged when the run used TTA)."""
-        views = [batch, torch.flip(batch, dims=[3])] if self.tta else [batch]
-        stacked = torch.cat(views)
+        """(n, views, 3, H, W) normalised tensors (or (n, 3, H, W): one view) → (n, labels) probabilities,
+        averaged over the views."""
+        if batch.ndim == 4:
+            batch = batch[:, None]
+        count, views = batch.shape[:2]
+        flat = batch.flatten(0, 1)
         if self._onnx is not None:
-            logits = torch.from_numpy(self._onnx.run(None, {"image": stacked.numpy()})[0])
+            logits = torch.from_numpy(self._onnx.run(None, {"image": flat.numpy()})[0])
         else:
             with torch.inference_mode():
                 logits = (
-                    self.model(stacked.to(self.device).contiguous(memory_format=torch.channels_last))
+                    self.model(flat.to(self.device).contiguous(memory_format=torch.channels_last))
                     .float()
                     .cpu()
                 )
         probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-        return probs.view(len(views), len(batch), -1).mean(dim=0).numpy()
+        return probs.view(count, views, -1).mean(dim=1).numpy()
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """Labels a poster is predicted to carry: over their thresholds, or the top class."""

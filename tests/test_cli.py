@@ -37,6 +37,8 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
             "--epochs",
             "2",
             "--no-flip-views",
+            "--fit",
+            "crop,squash",
             "--out",
             str(out),
             "-q",

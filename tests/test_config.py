@@ -56,3 +56,11 @@ def test_unknown_and_mistyped_fields():
         from_dict(TrainConfig, {"epochz": 3})
     with pytest.raises(ConfigError, match=r"TrainConfig.epochs must be int \(got '3'\)"):
         from_dict(TrainConfig, {"epochs": "3"})
+
+
+def test_fits():
+    assert DataConfig(fit="pad", extra_fits=("crop",)).fits == ("pad", "crop")
+    with pytest.raises(ConfigError, match="fits must differ"):
+        DataConfig(fit="crop", extra_fits=("crop",))
+    with pytest.raises(ConfigError, match="extra_fits must be one of crop, pad, squash"):
+        DataConfig(extra_fits=("zoom",))

@@ -46,10 +46,10 @@ class _FakePredictor:
         self.rule = LabelRule("genres" if task == "multilabel" else "label", task, labels)
         self.preprocess = Preprocess.for_model(self.model.backbone)
         self.thresholds = np.full(len(labels), 0.5)
-        self._geometry = self.preprocess.geometry()
-        self._to_tensor = self.preprocess.to_tensor()
-        self.tta = False
+        self.fits = (self.preprocess.fit,)
+        self._views = [(self.preprocess.geometry(), self.preprocess.to_tensor())]
 
+    fitted = Predictor.fitted
     probabilities = Predictor.probabilities
     decide = Predictor.decide
     prepare = Predictor.prepare
@@ -109,7 +109,7 @@ def test_hooks_are_released(poster_paths):
 def test_binary_targets_are_opposite(binary_run, sample_rt_dir):
     predictor = Predictor(binary_run)
     image = next((sample_rt_dir / "images").glob("*.jpg"))
-    maps = Explainer(predictor).heatmaps(predictor.prepare(image)[1], ["fresh", "rotten"])
+    maps = Explainer(predictor).heatmaps(predictor.prepare(image)[1][0], ["fresh", "rotten"])
     fresh, rotten = maps
     # "why fresh" and "why rotten" weigh the same activations with opposite gradients
     assert not np.allclose(fresh, rotten)
@@ -182,7 +182,7 @@ def test_heatmap_follows_the_evidence(tmp_path):
     for x, y in ((10, 10), (100, 180)):
         pixels = np.full((240, 160, 3), 115, dtype=np.uint8)
         pixels[y : y + 48, x : x + 48] = (230, 20, 20)
-        heat = explainer.heatmaps(predictor.prepare(Image.fromarray(pixels))[1], ["patch"])[0]
+        heat = explainer.heatmaps(predictor.prepare(Image.fromarray(pixels))[1][0], ["patch"])[0]
         peaks.append(np.unravel_index(np.argmax(heat), heat.shape))
     (top_row, top_col), (bottom_row, bottom_col) = peaks
     # the patch moved right and down; so did the peak (160x240 posters squashed to 160x160)

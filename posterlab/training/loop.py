@@ -31,11 +31,19 @@ from posterlab.models.factory import freeze_norm_stats
 
 
 class CachedInputs(Dataset):
-    """Cached frozen-part outputs. Training draws one view at random (a free flip augmentation);
-    evaluation returns every view stacked, and the loop averages their predictions (flip TTA)."""
+    """Cached frozen-part outputs per view. Training draws one view at random (flips and other fits
+    are free augmentation); evaluation returns the ``eval_views`` stacked and the loop averages them."""
 
-    def __init__(self, views: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray, train: bool) -> None:
-        self.views = [torch.from_numpy(np.ascontiguousarray(v)) for v in views.values()]
+    def __init__(
+        self,
+        views: dict[str, np.ndarray],
+        y: np.ndarray,
+        rows: np.ndarray,
+        train: bool,
+        eval_views: list[str],
+    ) -> None:
+        self.train_views = [torch.from_numpy(np.ascontiguousarray(v)) for v in views.values()]
+        self.eval_views = [torch.from_numpy(np.ascontiguousarray(views[name])) for name in eval_views]
         self.y = torch.from_numpy(y)
         self.rows = rows
         self.train = train
@@ -46,41 +54,39 @@ class CachedInputs(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[index])
         if self.train:
-            view = self.views[random.randrange(len(self.views))]
+            view = self.train_views[random.randrange(len(self.train_views))]
             return view[row].float(), self.y[row]
-        return torch.stack([v[row].float() for v in self.views]), self.y[row]
+        return torch.stack([v[row].float() for v in self.eval_views]), self.y[row]
 
 
 class ImageInputs(Dataset):
-    """Posters decoded on the fly: augmented for training; plain (and flipped, for TTA) for evaluation."""
+    """Posters decoded on the fly: augmented through a random fit for training; every fit, stacked, for
+    evaluation (the loop averages their predictions)."""
 
     def __init__(
         self,
         paths: list[str],
         y: np.ndarray,
         rows: np.ndarray,
-        preprocess: Preprocess,
+        preprocesses: list[Preprocess],
         train: bool,
         augment: AugmentConfig,
-        flip_tta: bool,
     ) -> None:
         self.paths = paths
         self.y = torch.from_numpy(y)
         self.rows = rows
         self.train = train
-        self.flip_tta = flip_tta
-        self.transform = preprocess.train_transform(augment) if train else preprocess.eval_transform()
+        self.transforms = [p.train_transform(augment) if train else p.eval_transform() for p in preprocesses]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[index])
-        x = self.transform(load_image(self.paths[row]).image)
+        image = load_image(self.paths[row]).image
         if self.train:
-            return x, self.y[row]
-        views = [x, torch.flip(x, dims=[2])] if self.flip_tta else [x]
-        return torch.stack(views), self.y[row]
+            return self.transforms[random.randrange(len(self.transforms))](image), self.y[row]
+        return torch.stack([transform(image) for transform in self.transforms]), self.y[row]
 
 
 # ---------------------------------------------------------------------------------------- pieces

@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from posterlab.models.factory import (
     weights_id,
 )
 from posterlab.runs import RunFolder, load_run, load_tensors, now_iso, save_tensors
-from posterlab.training.features import VIEWS, compute_features, feature_key
+from posterlab.training.features import compute_features, feature_key, views_for
 from posterlab.training.loop import (
     CachedInputs,
     FitState,
@@ -167,7 +167,8 @@ class _Setup:
     trainable: nn.Module
     make_set: Callable[[np.ndarray, bool], torch.utils.data.Dataset]
     parameters: list[nn.Parameter]
-    preprocess: Preprocess
+    preprocess: Preprocess  # the primary fit's
+    fits: tuple[str, ...]  # every fit, averaged at test time
     cached: bool
     workers: int
     feature_seconds: float
@@ -190,7 +191,8 @@ def _setup(
     set_trainable(model, boundary)
     parameters = [p for p in model.parameters() if p.requires_grad]
     paths, digests, y = labelled.frame["image"].tolist(), labelled.frame["digest"].tolist(), labelled.y
-    views = VIEWS if tc.flip_views else ("plain",)
+    fits = config.data.fits
+    eval_views = [view.name for view in views_for(preprocess, fits, flips=False)]
 
     split = None
     if tc.mode == "finetune" and tc.cache_activations and device.type == "cpu":
@@ -203,20 +205,18 @@ def _setup(
         frozen, trainable = (
             (model.backbone, model.head) if split is None else (split[0], nn.Sequential(split[1], model.head))
         )
-        keys = {
-            v: feature_key(
-                tc.backbone, weights_id(tc.backbone, tc.pretrained, tc.seed), boundary or "", preprocess, v
-            )
-            for v in views
-        }
+        views = views_for(preprocess, fits, flips=tc.flip_views)
+        start = weights_id(tc.backbone, tc.pretrained, tc.seed)
+        keys = [feature_key(tc.backbone, start, boundary or "", view) for view in views]
         what = "embeddings" if tc.mode == "probe" else f"activations after {boundary}"
-        on_event(Message(f"computing {what} once for {len(paths)} posters (cached for later runs)"))
+        shown = ", ".join(view.name for view in views)
+        on_event(Message(f"computing {what} once for {len(paths)} posters ({shown}; cached for later runs)"))
         begun = time.monotonic()
         features = compute_features(
             frozen,
             paths,
             digests,
-            preprocess,
+            views,
             keys,
             device,
             num_workers=tc.num_workers,
@@ -230,9 +230,10 @@ def _setup(
         return _Setup(
             model,
             trainable,
-            lambda rows, train: CachedInputs(features, y, rows, train),
+            lambda rows, train: CachedInputs(features, y, rows, train, eval_views),
             parameters,
             preprocess,
+            fits,
             True,
             0,
             seconds,
@@ -240,14 +241,14 @@ def _setup(
     workers = tc.num_workers if tc.num_workers >= 0 else min(8, (os.cpu_count() or 2) - 1)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    fitted = [replace(preprocess, fit=fit) for fit in fits]
     return _Setup(
         model,
         model,
-        lambda rows, train: ImageInputs(
-            paths, y, rows, preprocess, train, tc.augment, flip_tta=tc.flip_views
-        ),
+        lambda rows, train: ImageInputs(paths, y, rows, fitted, train, tc.augment),
         parameters,
         preprocess,
+        fits,
         False,
         workers,
         0.0,
@@ -524,7 +525,7 @@ def _train(
             "thresholds": thresholds.tolist() if thresholds is not None else None,
             "prior": prior.tolist(),
             "preprocess": setup.preprocess.to_dict(),
-            "tta": tc.flip_views,
+            "fits": list(setup.fits),
             "weights_dtype": tc.save_dtype,
             "monitor": monitor,
             "best_epoch": state.best_epoch + 1,

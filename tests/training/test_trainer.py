@@ -226,3 +226,39 @@ def test_single_label_from_genres_with_oversampling(runs_root):
 def test_existing_run_name_refused(runs_root, genre_run):
     with pytest.raises(RunError, match="a run with this name exists"):
         train_run(RunConfig(name=genre_run.name), runs_root)
+
+
+def test_several_fits_train_as_views_and_average_at_test_time(runs_root, poster_paths):
+    import numpy as np
+    import torch
+
+    from posterlab.inference import Predictor
+
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=3), fit="crop", extra_fits=("pad", "squash")),
+        TrainConfig(backbone=LITE0, pretrained=False, mode="probe", epochs=2, flip_views=True),
+        name="views",
+    )
+    recorder = Recorder()
+    run = load_run(train_run(config, runs_root, on_event=recorder))
+    assert any(
+        "crop, pad, squash, crop-flip, pad-flip, squash-flip" in getattr(e, "text", "")
+        for e in recorder.events
+    )
+    assert run.model["fits"] == ["crop", "pad", "squash"] and run.model["preprocess"]["fit"] == "crop"
+    predictor = Predictor(run.path)
+    crop, views, _ = predictor.prepare(poster_paths[0])
+    assert views.shape == (3, 3, 224, 224) and crop.size == (224, 224)
+    each = np.stack([predictor.probabilities(views[i : i + 1][None])[0] for i in range(3)])
+    assert np.allclose(predictor.probabilities(views[None])[0], each.mean(axis=0), atol=1e-6)
+    assert not torch.equal(views[0], views[1])  # the fits really differ
+
+
+def test_several_fits_in_image_mode(runs_root):
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=3), fit="pad", extra_fits=("squash",), limit=60),
+        TrainConfig(backbone="posterlab_small_cnn", pretrained=False, mode="full", epochs=1, num_workers=0),
+        name="views-images",
+    )
+    run = load_run(train_run(config, runs_root))
+    assert run.model["fits"] == ["pad", "squash"] and run.metrics["cached_inputs"] is False
