@@ -114,7 +114,7 @@ def real_loop(name: str, device: torch.device, data: Path, batch: int, steps: in
     set_trainable(model, boundary_for(model.backbone, "full", 1))
     preprocess = Preprocess.for_model(model.backbone)
     config = TrainConfig(backbone=name, mode="full", batch_size=batch, lr=1e-4)
-    dataset = ImageInputs(paths, y, rows, preprocess, True, AugmentConfig(), flip_tta=False)
+    dataset = ImageInputs(paths, y, rows, [preprocess], True, AugmentConfig())
     loader = DataLoader(
         dataset,
         batch_size=batch,

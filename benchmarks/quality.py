@@ -10,6 +10,7 @@ Recipes:
                 at lr 1e-4 (head 1e-3) on cached frozen activations; each poster seen three ways (centre
                 crop, padded whole poster, squashed whole poster) and flipped: a random view per epoch,
                 the three fits averaged at test time
+  probe_views   the probe on the same six views as `best` (three fits, flipped), fits averaged at test time
   probe_pad_weighted  probe on the whole poster padded to square, class weights, flip views
                 (the committed fresh/rotten demo model; use it with --tasks fresh_rotten)
 
@@ -40,6 +41,10 @@ RECIPES = {  # name → (training, changes to the task's data config)
         TrainConfig(
             mode="finetune", unfreeze=1, epochs=8, lr=1e-3, backbone_lr_scale=0.1, patience=3, flip_views=True
         ),
+        {"fit": "crop", "extra_fits": ("pad", "squash")},
+    ),
+    "probe_views": (
+        TrainConfig(mode="probe", epochs=30, lr=1e-3, patience=6, flip_views=True),
         {"fit": "crop", "extra_fits": ("pad", "squash")},
     ),
     # the committed fresh/rotten demo model: whole poster (pad), class weights, flips (picked on validation)

@@ -83,6 +83,7 @@ def build_run_config(args: argparse.Namespace):
         unfreeze=args.unfreeze,
         gradual_every=args.gradual_every,
         patience=args.patience,
+        monitor=args.monitor,
         flip_views=args.flip_views,
         device=args.device,
         seed=args.seed,
@@ -266,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
         HEADS,
         LOSSES,
         MODES,
+        MONITORS,
         OPTIMIZERS,
         SAVE_DTYPES,
         SCHEDULES,
@@ -325,6 +327,12 @@ def parser() -> argparse.ArgumentParser:
         "--gradual-every", type=int, default=0, help="finetune: unfreeze one more level every N epochs"
     )
     t.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs (0: off)")
+    t.add_argument(
+        "--monitor",
+        default="auto",
+        choices=MONITORS,
+        help="validation metric for early stopping and model selection (auto: map, or balanced_accuracy)",
+    )
     t.add_argument(
         "--flip-views",
         action=argparse.BooleanOptionalAction,

@@ -21,6 +21,7 @@ SCHEDULES = ("cosine", "step", "none")
 HEADS = ("linear", "mlp")
 DEVICES = ("auto", "cpu", "cuda")
 SAVE_DTYPES = ("float32", "float16")
+MONITORS = ("auto", "map", "micro_f1", "macro_f1", "roc_auc", "accuracy", "balanced_accuracy", "loss")
 
 _THRESHOLD_TARGET = re.compile(
     r"^\s*(?P<column>[A-Za-z_][\w ]*?)\s*(?P<op>>=|<=|>|<)\s*(?P<value>-?\d+(\.\d+)?)\s*$"
@@ -171,6 +172,7 @@ class TrainConfig:
         _choice("loss", self.loss, LOSSES)
         _choice("device", self.device, DEVICES)
         _choice("save_dtype", self.save_dtype, SAVE_DTYPES)
+        _choice("monitor", self.monitor, MONITORS)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("unfreeze", self.unfreeze, 1)

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from posterlab.data.labels import LabelRule
+from posterlab.errors import ConfigError
 
 
 def _safe(fn, *args, **kwargs) -> float:
@@ -149,8 +150,18 @@ def evaluate_scores(
     return report
 
 
+MULTILABEL_MONITORS = ("map", "micro_f1", "macro_f1", "roc_auc", "loss")
+SINGLE_LABEL_MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "loss")
+
+
 def main_metric(rule: LabelRule, monitor: str) -> str:
     """The validation metric that early stopping and model selection watch."""
-    if monitor != "auto":
-        return monitor
-    return "map" if rule.multilabel else "balanced_accuracy"
+    allowed = MULTILABEL_MONITORS if rule.multilabel else SINGLE_LABEL_MONITORS
+    if monitor == "auto":
+        return allowed[0]
+    if monitor not in allowed:
+        kind = "multi-label" if rule.multilabel else "single-label"
+        raise ConfigError(
+            f"monitor {monitor!r} is not measured on a {kind} target; use one of: auto, {', '.join(allowed)}"
+        )
+    return monitor

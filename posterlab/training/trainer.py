@@ -49,6 +49,7 @@ from posterlab.training.loop import (
     FitState,
     ImageInputs,
     fit,
+    higher_is_better,
     make_loss,
     predict,
     seed_everything,
@@ -327,8 +328,9 @@ def _random_search(
         }
         rows.append(row)
         on_event(Progress("searching", trial + 1, config.search_trials, f"{monitor} {row[monitor]:.3f}"))
-        if best[0] is None or row[monitor] > best[0]:
-            best = (row[monitor], candidate)
+        score = row[monitor] if higher_is_better(monitor) else -row[monitor]
+        if best[0] is None or score > best[0]:
+            best = (score, candidate)
     setup.trainable.load_state_dict(initial)
     _set_dropout(setup.model.head, best[1].dropout)
     on_event(
@@ -410,6 +412,7 @@ def _train(
     labelled, rule = prepared.labelled, prepared.labelled.rule
     frame, y, splits = labelled.frame, labelled.y, prepared.splits
     labels = len(rule.labels)
+    monitor = main_metric(rule, tc.monitor)  # before any long work: a wrong monitor fails here
     folder.write("split.json", {name: frame["id"].iloc[rows].tolist() for name, rows in splits.items()})
     onehot = one_hot(y, rule)
     prior = onehot[splits["train"]].mean(axis=0)
@@ -442,7 +445,6 @@ def _train(
     train_rows = splits["train"][resample(y[splits["train"]], labels, dc.balance, dc.seed)]
     weights = loss_weights(y[splits["train"]], labels) if dc.balance == "weights" else None
     loss_fn = make_loss(rule, tc, weights, device)
-    monitor = main_metric(rule, tc.monitor)
     chosen = tc
     if tc.search_trials and not resume:
         chosen, table = _random_search(
