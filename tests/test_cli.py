@@ -124,3 +124,18 @@ def test_predict_reports_bad_images_in_json(genre_run, tmp_path, poster_paths):
     items = json.loads(result.stdout)
     assert [i["ok"] for i in items] == [True, False]
     assert items[1]["error"].startswith(f"{bad}: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"\xff\xd8\xff\xe0 truncated", "truncated or corrupt"), (b"<script>alert(1)</script>", "not an image")],
+)
+def test_explain_a_bad_image_is_one_line_and_writes_nothing(genre_run, tmp_path, content, reason):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    out = tmp_path / "why.png"
+    result = run_cli("explain", str(genre_run), str(bad), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"posterlab: error: {bad}: ") and reason in line
+    assert not out.exists()
