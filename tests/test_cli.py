@@ -78,7 +78,16 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
             "posterlab: error: epochs must be at least 1 (got 0)",
         ),
         (
-            ["train", "--data", "sample", "--monitor", "accuracy", "--no-pretrained", "--backbone", "posterlab_small_cnn"],
+            [
+                "train",
+                "--data",
+                "sample",
+                "--monitor",
+                "accuracy",
+                "--no-pretrained",
+                "--backbone",
+                "posterlab_small_cnn",
+            ],
             "posterlab: error: monitor 'accuracy' is not measured on a multi-label target; use one of: auto, map",
         ),
         (["predict", "/no/such/run", "x.jpg"], "posterlab: error: /no/such/run: no such run folder"),
