@@ -114,9 +114,8 @@ def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path) -> 
             verbose=False,
         )
         return "dynamo"
-    except (
-        Exception
-    ) as error:  # torch.export rejects some models; the TorchScript exporter still handles them
+    except Exception as error:
+        # torch.export rejects some models; the TorchScript exporter still handles them
         log.info("torch.export-based ONNX export failed (%s); using the TorchScript exporter", error)
     torch.onnx.export(
         model,
