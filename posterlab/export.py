@@ -153,7 +153,7 @@ def export_onnx(
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ModelError("onnxruntime is not installed; pip install 'posterlab[onnx]'") from None
+        raise ModelError("onnxruntime is not installed; pip install onnxruntime") from None
     folder = Path(run)
     info, model = load_model_folder(folder)
     predictor = Predictor(folder)  # only for its preprocessing: the exact tensors a prediction uses

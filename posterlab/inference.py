@@ -143,7 +143,7 @@ class Predictor:
             import onnxruntime as ort
         except ImportError:
             raise RunError(
-                "onnxruntime is not installed; pip install 'posterlab[onnx]' or use the torch backend"
+                "onnxruntime is not installed; pip install onnxruntime or use the torch backend"
             ) from None
         options = ort.SessionOptions()
         options.log_severity_level = 3

