@@ -7,7 +7,7 @@ when ONNX Runtime reproduces torch on real posters; written as ``RUN/model.onnx`
 ``export_space`` writes a folder that starts with ``pip install -r requirements.txt && python app.py``::
 
     README.md          Hugging Face front matter (sdk gradio, pinned sdk_version, app_file, ...)
-    app.py             the posterlab demo on the bundled run, on 0.0.0.0:$PORT
+    app.py             the posterlab demo on the bundled run, on 0.0.0.0:$GRADIO_SERVER_PORT (or $PORT, or 7860)
     requirements.txt   pinned versions of what the bundle imports (found by reading its imports)
     posterlab/         the package source (posterlab is not on PyPI), without the sample data
     runs/<name>/       the run folder (JSON + safetensors; nothing pickled)

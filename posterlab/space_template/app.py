@@ -22,4 +22,5 @@ demo = build_demo(
 )
 
 if __name__ == "__main__":
-    demo.launch(**launch_options(host="0.0.0.0", port=int(os.environ.get("PORT", "7860"))))
+    port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
+    demo.launch(**launch_options(host="0.0.0.0", port=port))
