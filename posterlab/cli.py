@@ -179,7 +179,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from posterlab.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.data, on_event=_Bars(args.quiet or args.json))
+    result = evaluate_run(args.run, args.data, on_event=_Bars(args.quiet or args.json), split=args.split)
+    if result["seen_in_training"] and args.split != "train":
+        print(
+            f"posterlab: note: {result['seen_in_training']} of these {result['n']} posters were in the run's "
+            "training split and flatter it; add --split test for held-out figures",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(_finite(result), indent=2))
         return 0
@@ -369,6 +375,12 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a run on a dataset (its own labels and thresholds)")
     e.add_argument("run")
     e.add_argument("--data", required=True)
+    e.add_argument(
+        "--split",
+        default="all",
+        choices=("all", "train", "val", "test"),
+        help="only the posters the run put in this split (from its split.json); default: every poster given",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)

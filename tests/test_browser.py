@@ -204,6 +204,7 @@ def test_probe_run_from_train_to_compare_and_explore(server: str) -> None:
             clicked = time.monotonic()
             go(page, "Compare")
             expect(page.get_by_test_id("stMultiSelect").get_by_text(RUN)).to_be_visible(timeout=60_000)
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=60_000)
             timings["compare_click_to_table_s"] = round(time.monotonic() - clicked, 2)
             expect(page.locator(".js-plotly-plot").first).to_be_visible()
             shot(page, "5-compare")

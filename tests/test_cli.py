@@ -47,8 +47,13 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
     assert code == 0 and (out / "model.safetensors").exists()
     capsys.readouterr()
     assert main(["evaluate", str(out), "--data", "sample", "--json", "-q"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     assert result["labels"] == ["Drama", "Comedy", "Action"]
+    # every sample poster was scored, the training ones too: said on stderr, counted in the JSON
+    train_ids = set(json.loads((out / "split.json").read_text())["train"])
+    assert 0 < result["seen_in_training"] <= len(train_ids) < result["n"]
+    assert "were in the run's training split" in captured.err and "--split test" in captured.err
     assert {
         "micro_f1",
         "macro_f1",
@@ -59,6 +64,14 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
         "subset_accuracy",
         "hit_at_1",
     } <= set(result["metrics"])
+    assert main(["evaluate", str(out), "--data", "sample", "--split", "test", "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    held_out = json.loads(captured.out)
+    test_ids = json.loads((out / "split.json").read_text())["test"]
+    assert (
+        held_out["split"] == "test" and held_out["n"] == len(test_ids) and held_out["seen_in_training"] == 0
+    )
+    assert captured.err == ""
     assert main(["predict", str(out), str(poster_paths[0]), "--json"]) == 0
     [item] = json.loads(capsys.readouterr().out)
     assert item["ok"] and item["error"] is None and set(item["scores"]) == {"Drama", "Comedy", "Action"}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from posterlab.data.clean import clean_dataset
 from posterlab.data.labels import apply_rule
 from posterlab.data.sources import load_dataset
+from posterlab.errors import ConfigError
 from posterlab.evaluation.metrics import evaluate_scores
 from posterlab.events import EventSink, Progress, ignore
 from posterlab.inference import Predictor
@@ -20,35 +23,57 @@ def evaluate_run(
     on_event: EventSink = ignore,
     batch_size: int = 8,
     predictor: Predictor | None = None,
+    split: str = "all",
 ) -> dict:
     """The ``posterlab evaluate --json`` object: ``n``, ``dropped``, ``labels``, ``metrics``,
     ``per_label``, ``baseline`` (the run's training prevalence / majority class), plus details.
 
     Unreadable images and rows left without one of the run's labels are dropped and counted; no
-    near-duplicate filtering is applied, so every readable poster given is scored.
+    near-duplicate filtering is applied, so every readable poster given is scored. ``split`` (train,
+    val, test) keeps only the posters the run put in that split; ``seen_in_training`` counts the scored
+    posters that were in the run's training split (their scores flatter the model).
     """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     predictor = predictor or Predictor(run_dir)
+    splits = _run_splits(Path(run_dir))
+    if split != "all" and not splits:
+        raise ConfigError(
+            f"{run_dir}: has no split.json, so --split {split} cannot be applied; use --split all"
+        )
     dataset = load_dataset(data, progress=lambda d, t: on_event(Progress("downloading", d, t)))
     cleaned, report = clean_dataset(
         dataset, near_duplicate_bits=-1, progress=lambda d, t: on_event(Progress("scanning", d, t))
     )
     labelled = apply_rule(cleaned.frame, predictor.rule)
-    paths = labelled.frame["image"].tolist()
+    frame, y = labelled.frame, labelled.y
+    if split != "all":
+        keep = frame["id"].astype(str).isin(splits.get(split, set())).to_numpy()
+        frame, y = frame[keep].reset_index(drop=True), y[keep]
+        if not keep.any():
+            raise ConfigError(
+                f"none of the posters in {data} is in the run's {split} split; evaluate it on the data it "
+                "trained on, or use --split all"
+            )
+    seen = int(frame["id"].astype(str).isin(splits.get("train", set())).sum())
+    paths = frame["image"].tolist()
     probs = np.zeros((len(paths), len(predictor.labels)), dtype=np.float64)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         tensors = [predictor.prepare(path)[1] for path in chunk]
-        probs[start : start + len(chunk)] = predictor.probabilities(__import__("torch").stack(tensors))
+        probs[start : start + len(chunk)] = predictor.probabilities(torch.stack(tensors))
         on_event(Progress("evaluating", min(start + batch_size, len(paths)), len(paths)))
     prior = np.asarray(predictor.info["prior"], dtype=np.float64)
-    result = evaluate_scores(predictor.rule, labelled.y, probs, predictor.thresholds, prior)
+    result = evaluate_scores(predictor.rule, y, probs, predictor.thresholds, prior)
     reasons = dict(report.summary().to_dict())
     for reason, count in labelled.dropped["reason"].value_counts().items():
         reasons[reason] = reasons.get(reason, 0) + int(count)
     out = {
         "run": str(Path(run_dir)),
         "data": str(data),
-        "n": int(len(labelled.y)),
+        "split": split,
+        "n": int(len(y)),
+        "seen_in_training": seen,
         "dropped": int(report.dropped + len(labelled.dropped)),
         "dropped_reasons": reasons,
         "labels": list(predictor.labels),
@@ -60,3 +85,14 @@ def evaluate_run(
     if "confusion" in result:
         out["confusion"] = result["confusion"]
     return out
+
+
+SPLITS = ("all", "train", "val", "test")
+
+
+def _run_splits(run_dir: Path) -> dict[str, set[str]]:
+    """The run's split (``split.json``: split name → poster ids); empty for runs without one."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return {}
+    return {name: {str(i) for i in ids} for name, ids in json.loads(path.read_text()).items()}
