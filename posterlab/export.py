@@ -38,6 +38,7 @@ import torch
 from posterlab import settings
 from posterlab.errors import ModelError, PosterlabError, RunError
 from posterlab.inference import Predictor, load_model_folder
+from posterlab.models.onnx import torchscript_onnx
 from posterlab.runs import read_json
 
 log = logging.getLogger(__name__)
@@ -117,16 +118,7 @@ def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path) -> 
     except Exception as error:
         # torch.export rejects some models; the TorchScript exporter still handles them
         log.info("torch.export-based ONNX export failed (%s); using the TorchScript exporter", error)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-        opset_version=17,
-    )
+    torchscript_onnx(model, example, path)
     return "torchscript"
 
 

@@ -6,6 +6,7 @@ Screenshots and timings go to ``tests/artifacts/`` (git-ignored)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,33 +58,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """The app served by ``streamlit run`` on a free port, with a checkpoints folder of its own."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "POSTERLAB_CHECKPOINTS": str(tmp_path / "checkpoints"),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    log = (tmp_path / "streamlit.log").open("w")
-    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
-    command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+@contextlib.contextmanager
+def serving(command: list[str], ready: str, log_path: Path, env: dict | None = None) -> Iterator[None]:
+    """Run ``command`` from the repository root until ``ready`` answers 200; stop it afterwards."""
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                with urllib.request.urlopen(ready, timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+                pytest.fail(f"{' '.join(command[1:4])} did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url
+        yield
     finally:
         process.terminate()
         try:
@@ -92,6 +86,18 @@ def server(tmp_path: Path) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """The app served by ``streamlit run`` on a free port, with a checkpoints folder of its own."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
+    command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
+    env = {"POSTERLAB_CHECKPOINTS": str(tmp_path / "checkpoints"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    url = f"http://127.0.0.1:{port}"
+    with serving(command, f"{url}/_stcore/health", tmp_path / "streamlit.log", env):
+        yield url
 
 
 def settle(page: Page, timeout: float = 120_000) -> None:
@@ -230,33 +236,11 @@ def test_probe_run_from_train_to_compare_and_explore(server: str) -> None:
 def demo_server(tmp_path: Path) -> Iterator[str]:
     """``posterlab demo`` over the committed ready-made runs, as a user starts it, on a free port."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = (tmp_path / "demo.log").open("w")
     command = [sys.executable, "-m", "posterlab.cli", "demo", "--port", str(port)]
     command += ["--checkpoints", str(ROOT / "checkpoints")]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the demo did not start: {(tmp_path / 'demo.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with serving(command, url, tmp_path / "demo.log", {"GRADIO_ANALYTICS_ENABLED": "False"}):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def test_demo_upload_shows_genres_and_overlays(demo_server: str) -> None:

@@ -19,7 +19,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from posterlab import settings
 from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.events import EventSink, Progress, StopRequested, ignore
+from posterlab.models.onnx import torchscript_onnx
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,9 @@ def _onnx_runner(frozen: nn.Module, example: torch.Tensor) -> Callable[[torch.Te
     except ImportError:
         return None
     try:
-        with tempfile.TemporaryDirectory(prefix="posterlab-onnx-") as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's
+        with tempfile.TemporaryDirectory(prefix="posterlab-onnx-") as folder:
             path = Path(folder) / "frozen.onnx"
-            torch.onnx.export(
-                frozen,
-                (example,),
-                str(path),
-                input_names=["image"],
-                output_names=["features"],
-                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                dynamo=False,
-                opset_version=17,
-            )
+            torchscript_onnx(frozen, example, path, output="features")
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.inter_op_num_threads = 1
