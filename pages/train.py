@@ -23,6 +23,7 @@ from posterlab.config import (
 )
 from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures
+from posterlab.evaluation.metrics import MULTILABEL_MONITORS, SINGLE_LABEL_MONITORS
 from posterlab.models.factory import weights_file
 from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 from posterlab.runs import list_runs
@@ -284,6 +285,16 @@ def new_run_form(folder: Path) -> None:
             key="train_flip_views",
             persist_state="session",
         )
+        watched = (
+            MULTILABEL_MONITORS if labels is None or labels.target == "genres" else SINGLE_LABEL_MONITORS
+        )
+        monitor = c4.selectbox(
+            "Watch on validation",
+            watched,
+            key=f"train_monitor_{watched[0]}",
+            persist_state="session",
+            help="The metric early stopping and the choice of the best epoch (and of a search trial) follow.",
+        )
         device = c4.selectbox("Device", DEVICES, key="train_device", persist_state="session")
         seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed", persist_state="session")
         save_dtype = c4.selectbox("Save weights as", SAVE_DTYPES, key="train_dtype", persist_state="session")
@@ -340,6 +351,7 @@ def new_run_form(folder: Path) -> None:
                     unfreeze=int(unfreeze),
                     gradual_every=int(gradual),
                     patience=int(patience),
+                    monitor=monitor,
                     flip_views=flip_views,
                     device=device,
                     seed=int(seed),

@@ -220,12 +220,16 @@ def test_fresh_rotten_sample_and_threshold_target(app) -> None:
     app.selectbox(key=f"{SAMPLE_RT}_column").set_value("tomatometer").run()
     app.number_input(key=f"{SAMPLE_RT}_value_tomatometer").set_value(60.0).run()
     assert "binary: tomatometer>=60 vs tomatometer<60" in " ".join(texts(app.caption))
+    page(app, "train")  # a single-label target: the validation metric to watch is one of its own
+    watched = app.selectbox(key="train_monitor_balanced_accuracy")
+    assert watched.value == "balanced_accuracy" and "map" not in watched.options
 
 
 def test_train_in_the_background_then_compare(app, checkpoints) -> None:
     """A tiny run started from the form trains in the background, completes, and shows on Compare."""
     page(app, "train")
     small_run(app, "apptest-run")
+    app.selectbox(key="train_monitor_map").set_value("macro_f1").run()
     app.button(key="train_start").click().run()
     assert_clean(app)
     assert trainers().active() is not None or (checkpoints / "apptest-run").exists()
@@ -233,6 +237,7 @@ def test_train_in_the_background_then_compare(app, checkpoints) -> None:
     assert any("apptest-run" in m and "completed" in m for m in texts(app.markdown)), texts(app.markdown)
     assert not app.error
     assert json.loads((checkpoints / "apptest-run" / "status.json").read_text())["status"] == "completed"
+    assert json.loads((checkpoints / "apptest-run" / "metrics.json").read_text())["monitor"] == "macro_f1"
     # the run list below the form reads it back from disk
     assert app.selectbox(key="train_run_pick_apptest-run").value == "apptest-run"
 
