@@ -16,6 +16,8 @@ from posterlab.evaluation.metrics import evaluate_scores
 from posterlab.events import EventSink, Progress, ignore
 from posterlab.inference import Predictor
 
+SPLITS = ("all", "train", "val", "test")  # all: every poster given; the others: the run's own split
+
 
 def evaluate_run(
     run_dir: str | Path,
@@ -85,9 +87,6 @@ def evaluate_run(
     if "confusion" in result:
         out["confusion"] = result["confusion"]
     return out
-
-
-SPLITS = ("all", "train", "val", "test")
 
 
 def _run_splits(run_dir: Path) -> dict[str, set[str]]:

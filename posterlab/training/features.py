@@ -6,7 +6,7 @@ the model: a fit (crop / pad / squash), plain or flipped. Entries are keyed by t
 weights, the boundary, the view's preprocessing and flip, and by each image's content hash, so a second
 run on the same posters never runs the frozen part again.
 
-On a CPU the frozen part runs through ONNX Runtime when it exports cleanly and matches torch on the first
+On a CPU the frozen part runs through ONNX Runtime when it exports cleanly and matches torch on a check
 batch (about 2.5x torch's eager speed for EfficientNet-Lite0 on 2 cores); otherwise through torch.
 """
 
