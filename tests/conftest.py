@@ -21,6 +21,18 @@ from posterlab import settings  # noqa: E402
 SAMPLE = settings.SAMPLES["sample"]
 SAMPLE_RT = settings.SAMPLES["sample-rt"]
 LITE0 = "tf_efficientnet_lite0"
+# the metrics DESIGN.md promises in `evaluate --json` and metrics.json
+MULTILABEL_METRICS = {
+    "micro_f1",
+    "macro_f1",
+    "samples_f1",
+    "map",
+    "roc_auc",
+    "hamming",
+    "subset_accuracy",
+    "hit_at_1",
+}
+SINGLE_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
 
 
 def lite0_weights() -> Path | None:

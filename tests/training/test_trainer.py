@@ -12,19 +12,7 @@ from posterlab.errors import DataError, RunError
 from posterlab.events import EpochEnd, Finished, Progress, Started
 from posterlab.runs import list_runs, load_run
 from posterlab.training.trainer import resume_run, train_run
-from tests.conftest import LITE0
-
-MULTILABEL_METRICS = {
-    "micro_f1",
-    "macro_f1",
-    "samples_f1",
-    "map",
-    "roc_auc",
-    "hamming",
-    "subset_accuracy",
-    "hit_at_1",
-}
-SINGLE_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
+from tests.conftest import LITE0, MULTILABEL_METRICS, SINGLE_METRICS
 
 
 def _probe(name: str, **train) -> RunConfig:
