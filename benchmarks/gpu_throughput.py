@@ -1,15 +1,18 @@
-"""Full fine-tune throughput: mixed precision + channels_last against fp32, and posterlab's real loop.
+"""Full fine-tune throughput through posterlab's own ``fit()``, beside its two bounds.
 
 For each backbone (default tf_efficientnet_lite0 and resnet50 at their 224 px input):
-  fp32          synthetic batches already on the device, float32, contiguous layout
-  amp+cl        the same with autocast (bf16 where supported) and channels_last
-  loop          posterlab's own train_one_epoch over real posters (decode + augment in DataLoader
-                workers, pinned memory) with amp+cl: if it matches `amp+cl`, loading is not the bottleneck
-GPU utilisation is sampled with nvidia-smi while `loop` runs.
+  model         forward + backward + optimizer step on batches already on the device (the model's bound),
+                fp32 and with AMP (bf16 from compute capability 8.0) + channels_last
+  loader        one epoch of the training DataLoader alone: decode, augment and resample in the workers,
+                uint8 out, pinned memory (the loader's bound)
+  fit           whole epochs through ``posterlab.training.loop.fit`` (the loop users run: the same
+                loader, uint8 normalised on the GPU, the same optimizer, AMP + channels_last); the last
+                epoch's images/s and the GPU utilisation sampled with nvidia-smi during it
+If ``fit`` is close to ``model``, loading is not the bottleneck.
 
-    python benchmarks/gpu_throughput.py --data ../shared/datasets/posters        # on a GPU machine
+    python benchmarks/gpu_throughput.py --data ../shared/datasets/posters          # on a GPU machine
     python benchmarks/gpu_throughput.py --device cpu --batch 4 --steps 2 --backbones posterlab_small_cnn  # the path, on CPU
-Writes benchmarks/results/gpu_throughput.json. Goal on an H100: >= 2,500 img/s for ResNet-50.
+Writes benchmarks/results/gpu_throughput.json. Goal on an H100-class GPU: >= 2,500 img/s for ResNet-50.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from posterlab.config import AugmentConfig, TrainConfig
 from posterlab.data.labels import LabelRule
 from posterlab.data.transforms import Preprocess
 from posterlab.models.factory import boundary_for, create_model, set_trainable
-from posterlab.training.loop import ImageInputs, make_loss, make_optimizer, train_one_epoch
+from posterlab.training.criterion import Criterion
+from posterlab.training.features import default_workers
+from posterlab.training.loop import Callback, ImageInputs, Learner, _loader, autocast, fit, make_optimizer
+
+RULE = LabelRule("genres", "multilabel", tuple("abcdef"))
 
 
 def _sync(device: torch.device) -> None:
@@ -39,29 +45,44 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def synthetic(
-    name: str, device: torch.device, batch: int, steps: int, warmup: int, amp: bool, channels_last: bool
-) -> float:
-    """Images per second of forward + backward + AdamW step on batches already on the device."""
-    model = create_model(name, 6, pretrained=False).to(device)
+def _learner(name: str, device: torch.device, workers: int, raw: bool) -> tuple[Learner, Preprocess]:
+    model = create_model(name, len(RULE.labels), pretrained=False)
     set_trainable(model, boundary_for(model.backbone, "full", 1))
-    size = Preprocess.for_model(model.backbone).input_size
-    if channels_last:
+    preprocess = Preprocess.for_model(model.backbone)
+    learner = Learner(
+        model,
+        model.head,
+        model.backbone,
+        [p for p in model.parameters() if p.requires_grad],
+        Criterion("bce").to(device),
+        RULE,
+        "loss",
+        device,
+        workers=workers,
+        normalize=preprocess if raw else None,
+    )
+    return learner, preprocess
+
+
+def model_bound(name: str, device: torch.device, batch: int, steps: int, warmup: int, amp: bool) -> float:
+    """Images per second of forward + backward + optimizer step on batches already on the device."""
+    learner, preprocess = _learner(name, device, 0, raw=False)
+    config = TrainConfig(backbone=name, mode="full", batch_size=batch, lr=1e-4, amp=amp)
+    model = learner.module.to(device)
+    if amp and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, *size, device=device)
-    if channels_last:
+    optimizer = make_optimizer(learner, config)
+    x = torch.randn(batch, *preprocess.input_size, device=device)
+    if amp and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch, 6, device=device) > 0.7).float()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    y = (torch.rand(batch, len(RULE.labels), device=device) > 0.7).float()
     model.train()
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             started = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=amp and device.type == "cuda"):
-            loss = loss_fn(model(x).float(), y)
+        with autocast(device, amp):
+            loss = learner.criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -70,7 +91,7 @@ def synthetic(
 
 
 class _Utilisation:
-    """Samples GPU utilisation (nvidia-smi) in the background."""
+    """Samples GPU utilisation with nvidia-smi in a thread (nothing on machines without it)."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -78,7 +99,7 @@ class _Utilisation:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(0.2):
             try:
                 out = subprocess.run(
                     ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
@@ -87,62 +108,68 @@ class _Utilisation:
                     timeout=5,
                 ).stdout
                 self.samples.append(float(out.split()[0]))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return
-            time.sleep(0.5)
 
-    def __enter__(self) -> _Utilisation:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
 
 
-def real_loop(name: str, device: torch.device, data: Path, batch: int, steps: int, workers: int) -> dict:
-    """posterlab's train_one_epoch on real posters (amp + channels_last on CUDA)."""
+class _EpochClock(Callback):
+    """Times the training part of each epoch (not the validation pass), GPU utilisation in the last."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.seconds, self.gpu = epochs, [], _Utilisation()
+
+    def before_epoch(self, fit) -> None:
+        if fit.epoch == self.epochs - 1:
+            self.gpu.start()
+        _sync(fit.learner.device)
+        self.started = time.perf_counter()
+
+    def after_batch(self, fit) -> None:
+        if fit.step == fit.steps:
+            _sync(fit.learner.device)
+            self.seconds.append(time.perf_counter() - self.started)
+            if fit.epoch == self.epochs - 1:
+                self.gpu.stop()
+
+
+def through_fit(
+    name: str, device: torch.device, data: Path, batch: int, steps: int, epochs: int, workers: int
+) -> dict:
+    """Whole epochs of ``fit()`` on real posters (repeated to fill ``steps`` batches an epoch)."""
     from posterlab.data.sources import load_dataset
 
-    frame = load_dataset(data).frame
-    paths = frame["image"].tolist()
-    rows = np.resize(np.arange(len(paths)), batch * steps)  # repeat posters to fill the steps
-    y = np.zeros((len(paths), 6), dtype=np.float32)
-    model = create_model(name, 6, pretrained=False).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    set_trainable(model, boundary_for(model.backbone, "full", 1))
-    preprocess = Preprocess.for_model(model.backbone)
-    config = TrainConfig(backbone=name, mode="full", batch_size=batch, lr=1e-4)
-    dataset = ImageInputs(paths, y, rows, [preprocess], True, AugmentConfig())
-    loader = DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None,
-    )
-    rule = LabelRule("genres", "multilabel", tuple("abcdef"))
-    loss_fn = make_loss(rule, config, None, device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], model.head, config)
-    train_one_epoch(
-        model, loader, loss_fn, optimizer, device, True, None, lambda: False, lambda e: None, 0
-    )  # warm-up epoch
-    _sync(device)
-    with _Utilisation() as gpu:
-        started = time.perf_counter()
-        train_one_epoch(
-            model, loader, loss_fn, optimizer, device, True, None, lambda: False, lambda e: None, 1
-        )
-        _sync(device)
-        seconds = time.perf_counter() - started
+    paths = load_dataset(data).frame["image"].tolist()
+    raw = device.type == "cuda"
+    learner, preprocess = _learner(name, device, workers, raw)
+    y = np.zeros((len(paths), len(RULE.labels)), dtype=np.float32)
+    y[:, 0] = 1.0
+    rows = np.resize(np.arange(len(paths)), batch * steps)
+    train = ImageInputs(paths, y, rows, [preprocess], True, AugmentConfig(), raw)
+    val = ImageInputs(paths, y, np.arange(min(len(paths), batch)), [preprocess], False, AugmentConfig(), raw)
+    loader = _loader(train, batch, learner, learner.dist.train_sampler(train, 0))
+    started, count = time.perf_counter(), 0
+    for x, _ in loader:  # the loader's bound: one epoch without the model
+        count += len(x)
+    loader_rate = count / (time.perf_counter() - started)
+    clock = _EpochClock(epochs)
+    config = TrainConfig(backbone=name, mode="full", batch_size=batch, lr=1e-4, epochs=epochs, patience=0)
+    fit(learner, train, val, config, [clock])
+    images = len(rows) // batch * batch
+    samples = clock.gpu.samples
     return {
-        "images_per_second": len(rows) // batch * batch / seconds,
-        "gpu_utilisation_mean": float(np.mean(gpu.samples)) if gpu.samples else None,
+        "images_per_second": images / clock.seconds[-1],
+        "epoch_seconds": [round(s, 3) for s in clock.seconds],
+        "loader_images_per_second": loader_rate,
+        "gpu_utilisation_mean": float(np.mean(samples)) if samples else None,
         "workers": workers,
+        "uint8_inputs": raw,
     }
 
 
@@ -153,46 +180,39 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backbones", default="tf_efficientnet_lite0,resnet50")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="batches per epoch")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2, help="fit() epochs (the last one is reported)")
     parser.add_argument(
-        "--data",
-        default="../shared/datasets/posters",
-        help="posters for the real-loop measurement ('' skips it)",
+        "--data", default="../shared/datasets/posters", help="posters for fit() ('' skips it)"
     )
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--workers", type=int, default=-1, help="loader workers (-1: what fit() picks)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
-    result = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({os.cpu_count()} cores)",
-        "batch": args.batch,
-        "backbones": {},
-    }
-    for name in args.backbones.split(","):
+    workers = args.workers if args.workers >= 0 else default_workers(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    result = {"device": name, "batch": args.batch, "backbones": {}}
+    for backbone in args.backbones.split(","):
         row = {
-            "fp32": synthetic(
-                name, device, args.batch, args.steps, args.warmup, amp=False, channels_last=False
-            ),
-            "amp_channels_last": synthetic(
-                name, device, args.batch, args.steps, args.warmup, amp=True, channels_last=True
+            "model_fp32": model_bound(backbone, device, args.batch, args.steps, args.warmup, amp=False),
+            "model_amp_channels_last": model_bound(
+                backbone, device, args.batch, args.steps, args.warmup, amp=True
             ),
         }
         if args.data:
-            row["loop"] = real_loop(name, device, Path(args.data), args.batch, args.steps, args.workers)
-        result["backbones"][name] = row
-        loop = (
-            f", real loop {row['loop']['images_per_second']:.0f} img/s (GPU util {row['loop']['gpu_utilisation_mean']})"
-            if "loop" in row
-            else ""
-        )
-        print(
-            f"{name}: fp32 {row['fp32']:.0f} img/s, amp+channels_last {row['amp_channels_last']:.0f} img/s{loop}",
-            flush=True,
-        )
+            row["fit"] = through_fit(
+                backbone, device, Path(args.data), args.batch, args.steps, args.epochs, workers
+            )
+        result["backbones"][backbone] = row
+        shown = f"{backbone}: model fp32 {row['model_fp32']:.0f} img/s, amp+channels_last {row['model_amp_channels_last']:.0f}"
+        if "fit" in row:
+            f = row["fit"]
+            shown += (
+                f"; fit() {f['images_per_second']:.0f} img/s (loader alone {f['loader_images_per_second']:.0f}, "
+                f"GPU util {f['gpu_utilisation_mean']})"
+            )
+        print(shown, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_throughput.json").write_text(json.dumps(result, indent=2))

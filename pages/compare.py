@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from posterlab.errors import PosterlabError
+from posterlab.errors import PosterlabError, one_line
 from posterlab.evaluation import figures, interpret
+from posterlab.evaluation.metrics import EVERY_HEADLINE as HEADLINE
 from posterlab.runs import Run, delete_run, list_runs, runs_table
 from workbench import state, through_app
-from workbench.widgets import HEADLINE, forget_invalid, integer_epochs, one_line, when
+from workbench.widgets import forget_invalid, integer_epochs, when
 
 through_app()  # before anything is drawn: see workbench.through_app
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from posterlab.errors import one_line
 from workbench import state, through_app
-from workbench.widgets import one_line
 
 through_app()  # before anything is drawn: see workbench.through_app
 
@@ -15,7 +15,7 @@ st.caption(
     "(`posterlab demo`) and as an exported Hugging Face Space (`posterlab export RUN --format space`)."
 )
 try:
-    from posterlab.demo import serve_in_background
+    import posterlab.demo  # noqa: F401
 except ImportError as error:  # the demo module is optional: gradio, or the module itself, may be missing
     st.info(
         f"The Gradio demo is not available in this installation ({one_line(error)}). "
@@ -26,7 +26,7 @@ except ImportError as error:  # the demo module is optional: gradio, or the modu
 
 try:
     with st.spinner("Starting the demo (once per server)…"):
-        url = serve_in_background(state.checkpoints())
+        url = state.demo_url()
 except Exception as error:  # shown to the user in one line; the rest of the app keeps working
     st.error(f"The demo could not start: {one_line(error)}", icon=":material/error:")
     st.stop()

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
+from posterlab.config import CAM_METHODS as METHODS
 from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures, interpret
-from posterlab.explain import METHODS
 from posterlab.models.factory import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app

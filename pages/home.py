@@ -8,9 +8,10 @@ import streamlit as st
 import torch
 
 from posterlab.data.labels import genre_counts
+from posterlab.evaluation.metrics import headline
 from posterlab.runs import list_runs
 from workbench import state, through_app
-from workbench.widgets import STATUS_ICONS, headline
+from workbench.widgets import STATUS_ICONS
 
 through_app()  # before anything is drawn: see workbench.through_app
 
@@ -54,7 +55,9 @@ with runs_box.container(border=True):
             test = latest.metrics.get("test", {})
             shown = ", ".join(
                 f"{k} {v:.3f} (baseline {test.get('baseline', {}).get(k, float('nan')):.3f})"
-                for k, v in list(headline(test.get("metrics", {})).items())[:2]
+                for k, v in list(headline(latest.metrics.get("task", ""), test.get("metrics", {})).items())[
+                    :2
+                ]
             )
             st.caption(f"Latest completed: `{latest.name}`: test {shown}")
     else:

@@ -1,5 +1,6 @@
-"""Train: a form that builds the same ``RunConfig`` as the command line, a background run through the
-process's one manager, live progress and curves, Stop, and every run in the checkpoints folder."""
+"""Train: a form that builds the same ``RunConfig`` as the command line (defaults, choices and help from
+the config dataclasses), a background run through the process's one manager, live progress and curves,
+Stop and Resume, and every run in the checkpoints folder."""
 
 from __future__ import annotations
 
@@ -13,37 +14,37 @@ from posterlab.config import (
     HEADS,
     LOSSES,
     MODES,
+    MULTILABEL_MONITORS,
     OPTIMIZERS,
     SAVE_DTYPES,
     SCHEDULES,
+    SINGLE_LABEL_MONITORS,
     DataConfig,
+    LabelConfig,
     RunConfig,
     TrainConfig,
+    describe,
     to_dict,
 )
-from posterlab.errors import PosterlabError
+from posterlab.errors import PosterlabError, one_line
 from posterlab.evaluation import figures
-from posterlab.evaluation.metrics import MULTILABEL_MONITORS, SINGLE_LABEL_MONITORS
+from posterlab.evaluation.metrics import headline
 from posterlab.models.factory import weights_file
-from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
-from posterlab.runs import list_runs
+from posterlab.models.registry import BACKBONES
+from posterlab.runs import Run, list_runs
 from workbench import state, through_app
 from workbench.widgets import (
     STATUS_ICONS,
     augment_controls,
     balance_control,
     elapsed,
-    headline,
     integer_epochs,
     label_controls,
-    one_line,
     progress,
     run_picker,
     show_error,
     when,
 )
-
-through_app()  # before anything is drawn: see workbench.through_app
 
 MODE_HELP = {
     "probe": "frozen backbone: embeddings are computed once and cached, the head trains in seconds",
@@ -51,24 +52,28 @@ MODE_HELP = {
     "full": "every layer trains: slow on a CPU; the choice for a model without pretraining",
 }
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05)
+LR_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 FLASH_KEY = "train_flash"
 POLL_SECONDS = 1.5
+DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
+REMEMBER = {"persist_state": "session"}
 
 
-def start(folder: Path, config: RunConfig) -> None:
+def start(folder: Path, config: RunConfig, processes: int) -> None:
     """Start button: train in the background (refused, with the reason, while a run trains)."""
     try:
-        state.trainers().start(folder, config)
+        state.trainers().start(folder, config, processes)
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
     else:
         st.session_state["train_name"] = ""  # a name is used once: the next run gets its own folder
 
 
-def resume(folder: Path, run_dir: Path) -> None:
+def resume(folder: Path, run_dir: Path, processes: int) -> None:
     """Resume button: continue a stopped or interrupted run in the background."""
     try:
-        state.trainers().resume(folder, run_dir)
+        state.trainers().resume(folder, run_dir, processes)
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
 
@@ -79,15 +84,24 @@ def monitor_key(history: list[dict]) -> str | None:
     return next((f"val_{k}" for k in ("map", "balanced_accuracy", "accuracy") if f"val_{k}" in keys), None)
 
 
-def history_charts(name: str, history: list[dict], key: str) -> None:
-    """Loss and validation-metric curves of one run."""
-    loss, metric = st.columns(2)
+def history_charts(name: str, history: list[dict], key: str, loss: str = "") -> None:
+    """Loss (the run's own criterion, on both splits) and validation-metric curves of one run."""
+    left, right = st.columns(2)
     epochs = len(history)
-    loss.plotly_chart(integer_epochs(figures.loss_curves(history), epochs), key=f"{key}_loss")
+    left.plotly_chart(integer_epochs(figures.loss_curves(history, loss), epochs), key=f"{key}_loss")
     chosen = monitor_key(history)
     if chosen:
-        figure = figures.curves({name: history}, chosen)
-        metric.plotly_chart(integer_epochs(figure, epochs), key=f"{key}_metric")
+        right.plotly_chart(
+            integer_epochs(figures.curves({name: history}, chosen), epochs), key=f"{key}_metric"
+        )
+
+
+def _loss_name(run_dir: str | None) -> str:
+    if not run_dir or not (Path(run_dir) / "metrics.json").exists():
+        return ""
+    from posterlab.runs import read_json
+
+    return read_json(Path(run_dir) / "metrics.json").get("loss", "")
 
 
 def live(was_running: bool) -> None:
@@ -100,8 +114,10 @@ def live(was_running: bool) -> None:
     if snapshot.status == "idle":
         return
     with st.container(border=True):
-        icon = STATUS_ICONS.get(snapshot.status, "")
-        st.markdown(f"##### {icon} `{snapshot.name}` · {snapshot.status}")
+        processes = f" · {snapshot.processes} processes" if snapshot.processes > 1 else ""
+        st.markdown(
+            f"##### {STATUS_ICONS.get(snapshot.status, '')} `{snapshot.name}` · {snapshot.status}{processes}"
+        )
         fraction, text = progress(snapshot)
         st.progress(fraction, text=text)
         if snapshot.running:
@@ -113,21 +129,346 @@ def live(was_running: bool) -> None:
                 key="train_stop",
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
-        if snapshot.status == "failed":
-            st.error(f"The run failed: {snapshot.error}", icon=":material/error:")
-        elif snapshot.status in ("completed", "stopped"):
-            shown = headline(snapshot.metrics)
-            if shown:
-                for column, (name, value) in zip(st.columns(len(shown)), shown.items(), strict=True):
-                    column.metric(f"test {name}", f"{value:.3f}")
-            st.page_link(
-                "pages/compare.py", label="Compare it with other runs", icon=":material/leaderboard:"
-            )
+        _outcome(snapshot)
         if snapshot.history:
-            history_charts(snapshot.name, snapshot.history, "train_live")
+            history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
         if snapshot.messages:
             with st.expander("Log"):
                 st.code("\n".join(snapshot.messages[-30:]), language=None)
+
+
+def _outcome(snapshot) -> None:
+    """How the run ended: the error, why it stopped and whether it can resume, its test figures."""
+    if snapshot.status == "failed":
+        st.error(f"The run failed: {snapshot.error}", icon=":material/error:")
+    if snapshot.status == "stopped" and not snapshot.history:
+        st.warning(
+            f"Stopped {snapshot.reason or 'before its first epoch'}: there is nothing to resume. Start it "
+            "again: its cached features are kept, so it picks up where the extraction was.",
+            icon=":material/info:",
+        )
+    elif snapshot.status == "stopped":
+        st.info(
+            "Stopped: the best epoch so far was evaluated and saved. Resume it below to train the rest.",
+            icon=":material/info:",
+        )
+    shown = headline("", snapshot.metrics)
+    if snapshot.status in ("completed", "stopped") and shown:
+        for column, (name, value) in zip(st.columns(len(shown)), shown.items(), strict=True):
+            column.metric(f"test {name}", f"{value:.3f}")
+        st.page_link("pages/compare.py", label="Compare it with other runs", icon=":material/leaderboard:")
+
+
+# ------------------------------------------------------------------------------------------ form
+
+
+def model_section() -> dict:
+    """Backbone, pretraining, mode and the main hyper-parameters."""
+    st.markdown("##### Model")
+    backbone = st.selectbox(
+        "Backbone",
+        list(BACKBONES),
+        index=list(BACKBONES).index(DEFAULTS.backbone),
+        format_func=lambda name: BACKBONES[name].title,
+        key="train_backbone",
+        **REMEMBER,
+    )
+    spec = BACKBONES[backbone]
+    where = (
+        "local weights file"
+        if weights_file(backbone)
+        else "weights from the Hugging Face hub on first use"
+        if spec.pretrained
+        else "no pretrained weights exist"
+    )
+    st.caption(f"{spec.notes} · {where}")
+    pretrained = st.checkbox(
+        "Start from pretrained weights",
+        value=spec.pretrained and DEFAULTS.pretrained,
+        disabled=not spec.pretrained,
+        key=f"train_pretrained_{backbone}",
+        **REMEMBER,
+    )
+    mode = st.radio(
+        "Mode",
+        MODES,
+        index=MODES.index(DEFAULTS.mode if pretrained else "full"),
+        horizontal=True,
+        key=f"train_mode_{pretrained}",
+        **REMEMBER,
+    )
+    st.caption(MODE_HELP[mode])
+    if mode != "full" and not pretrained:
+        st.warning("Without pretraining, a frozen backbone holds random features: use full.")
+    left, middle, right = st.columns(3)
+    epochs = left.number_input(
+        "Epochs", 1, 1000, TrainConfig(mode=mode).epochs, key=f"train_epochs_{mode}", **REMEMBER
+    )
+    batch = middle.number_input(
+        "Batch size",
+        1,
+        1024,
+        DEFAULTS.batch_size,
+        key="train_batch",
+        help=describe(TrainConfig, "batch_size"),
+        **REMEMBER,
+    )
+    patience = right.number_input(
+        "Early-stop patience",
+        0,
+        100,
+        DEFAULTS.patience,
+        key="train_patience",
+        help=describe(TrainConfig, "patience"),
+        **REMEMBER,
+    )
+    lr = st.select_slider(
+        "Learning rate",
+        LEARNING_RATES,
+        value=DEFAULTS.lr,
+        format_func=lambda v: f"{v:g}",
+        key=f"train_lr_{mode}",
+        help=describe(TrainConfig, "lr"),
+        **REMEMBER,
+    )
+    return {
+        "backbone": backbone,
+        "pretrained": pretrained,
+        "mode": mode,
+        "epochs": int(epochs),
+        "batch_size": int(batch),
+        "patience": int(patience),
+        "lr": float(lr),
+    }
+
+
+def data_section(path: str) -> tuple[LabelConfig | None, dict]:
+    """What to learn from the sidebar's dataset (shared with the Dataset page), balancing, fits, limit."""
+    dataset = state.dataset(path)
+    st.markdown(f"##### Data · `{state.display_name(path)}`")
+    st.caption("Shared with the Dataset page: a selection made there shows here.")
+    try:
+        labels = label_controls(dataset.frame, state.selection_key(path), state.display_name(path))
+    except PosterlabError as error:
+        show_error(error)
+        labels = None
+    balance = balance_control(state.selection_key(path))
+    left, right = st.columns(2)
+    defaults = DataConfig()
+    fits = left.multiselect(
+        "Fit posters to the square input",
+        FITS,
+        default=list(defaults.fits),
+        key="train_fits",
+        help=describe(DataConfig, "fit"),
+        **REMEMBER,
+    )
+    limit = right.number_input(
+        "Poster limit (0: all)",
+        min_value=0,
+        value=defaults.limit or 0,
+        step=50,
+        key="train_limit",
+        help=describe(DataConfig, "limit"),
+        **REMEMBER,
+    )
+    return labels, {
+        "balance": balance,
+        "fit": (fits or ["crop"])[0],
+        "extra_fits": tuple(fits[1:]),
+        "limit": int(limit) or None,
+    }
+
+
+def _optimisation_settings(column, mode: str) -> dict:
+    d = DEFAULTS
+    values = {
+        "head": column.selectbox("Head", HEADS, index=HEADS.index(d.head), key="train_head", **REMEMBER),
+        "dropout": column.slider("Dropout", 0.0, 0.9, d.dropout, 0.05, key="train_dropout", **REMEMBER),
+        "weight_decay": column.select_slider(
+            "Weight decay",
+            WEIGHT_DECAYS,
+            d.weight_decay,
+            key="train_wd",
+            help=describe(TrainConfig, "weight_decay"),
+            **REMEMBER,
+        ),
+        "optimizer": column.selectbox(
+            "Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(d.optimizer), key="train_optimizer", **REMEMBER
+        ),
+        "schedule": column.selectbox(
+            "Schedule", SCHEDULES, index=SCHEDULES.index(d.schedule), key="train_schedule", **REMEMBER
+        ),
+        "warmup_epochs": int(
+            column.number_input("Warm-up epochs", 0, 100, d.warmup_epochs, key="train_warmup", **REMEMBER)
+        ),
+    }
+    return values
+
+
+def _loss_settings(column, watched: tuple[str, ...]) -> dict:
+    d = DEFAULTS
+    return {
+        "loss": column.selectbox(
+            "Loss",
+            LOSSES,
+            index=LOSSES.index(d.loss),
+            key="train_loss",
+            help=describe(TrainConfig, "loss"),
+            **REMEMBER,
+        ),
+        "label_smoothing": column.slider(
+            "Label smoothing", 0.0, 0.3, d.label_smoothing, 0.05, key="train_smoothing", **REMEMBER
+        ),
+        "monitor": column.selectbox(
+            "Watch on validation",
+            ("auto", *watched),
+            index=0,
+            key=f"train_monitor_{watched[0]}",
+            help=describe(TrainConfig, "monitor"),
+            **REMEMBER,
+        ),
+    }
+
+
+def _finetune_settings(column, mode: str) -> dict:
+    d = DEFAULTS
+    off = mode == "probe"
+    return {
+        "unfreeze": int(
+            column.number_input(
+                "Finetune: stages that train",
+                1,
+                8,
+                d.unfreeze,
+                key="train_unfreeze",
+                disabled=mode != "finetune",
+                **REMEMBER,
+            )
+        ),
+        "gradual_every": int(
+            column.number_input(
+                "Finetune: one more stage every N epochs (0: all at once)",
+                0,
+                100,
+                d.gradual_every,
+                key="train_gradual",
+                disabled=mode != "finetune",
+                **REMEMBER,
+            )
+        ),
+        "backbone_lr_scale": float(
+            column.select_slider(
+                "Backbone lr × (finetune / full)",
+                LR_SCALES,
+                d.backbone_lr_scale,
+                key="train_scale",
+                disabled=off,
+                **REMEMBER,
+            )
+        ),
+        "layer_decay": float(
+            column.slider(
+                "Layer-wise lr decay",
+                0.5,
+                1.0,
+                d.layer_decay,
+                0.05,
+                key="train_layer_decay",
+                disabled=off,
+                help=describe(TrainConfig, "layer_decay"),
+                **REMEMBER,
+            )
+        ),
+    }
+
+
+def _run_settings(column) -> dict:
+    d = DEFAULTS
+    return {
+        "flip_views": column.checkbox(
+            "Flipped copies (cached features)",
+            d.flip_views,
+            key="train_flip_views",
+            help=describe(TrainConfig, "flip_views"),
+            **REMEMBER,
+        ),
+        "device": column.selectbox(
+            "Device", DEVICES, index=DEVICES.index(d.device), key="train_device", **REMEMBER
+        ),
+        "seed": int(column.number_input("Seed", 0, 2**31 - 1, d.seed, key="train_seed", **REMEMBER)),
+        "save_dtype": column.selectbox(
+            "Save weights as",
+            SAVE_DTYPES,
+            index=SAVE_DTYPES.index(d.save_dtype),
+            key="train_dtype",
+            **REMEMBER,
+        ),
+        "search_trials": int(
+            column.number_input(
+                "Random-search trials",
+                0,
+                100,
+                d.search_trials,
+                key="train_trials",
+                help=describe(TrainConfig, "search_trials"),
+                **REMEMBER,
+            )
+        ),
+        "search_folds": int(
+            column.number_input(
+                "Folds per trial (0: validation split)", 0, 10, d.search_folds, key="train_folds", **REMEMBER
+            )
+        ),
+    }
+
+
+def more_settings(mode: str, labels: LabelConfig | None) -> dict:
+    """Everything else the config has a widget for, in an expander."""
+    watched = MULTILABEL_MONITORS if labels is None or labels.target == "genres" else SINGLE_LABEL_MONITORS
+    with st.expander("More settings"):
+        c1, c2, c3, c4 = st.columns(4)
+        values = _optimisation_settings(c1, mode) | _loss_settings(c2, watched)
+        values |= _finetune_settings(c3, mode) | _run_settings(c4)
+    with st.expander("Augmentation (image modes: finetune and full)"):
+        values["augment"] = augment_controls("train_aug")
+    return values
+
+
+def gpu_processes() -> int:
+    """With several GPUs visible: how many to train on (one process each, through torchrun)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return 1
+    return int(
+        st.select_slider(
+            "GPUs",
+            list(range(1, count + 1)),
+            value=count,
+            key="train_gpus",
+            **REMEMBER,
+            help="Several GPUs train as one torchrun job (one process per GPU, the global batch "
+            "split between them); the page follows it through the run folder.",
+        )
+    )
+
+
+def build_config(
+    path: str, labels: LabelConfig | None, data: dict, train: dict, name: str
+) -> RunConfig | None:
+    """The ``RunConfig`` the form describes (None, with the reason shown, when it is not valid)."""
+    if labels is None:
+        return None
+    try:
+        seed = train["seed"]
+        return RunConfig(
+            DataConfig(path=path, labels=labels, seed=seed, **data), TrainConfig(**train), name=name
+        )
+    except PosterlabError as error:
+        show_error(error)
+        return None
 
 
 def new_run_form(folder: Path) -> None:
@@ -136,240 +477,27 @@ def new_run_form(folder: Path) -> None:
     if not path:
         st.info("Pick a dataset in the sidebar to train on.")
         return
-    dataset = state.dataset(path)
     model_col, data_col = st.columns(2, gap="large")
     with model_col:
-        st.markdown("##### Model")
-        backbone = st.selectbox(
-            "Backbone",
-            list(BACKBONES),
-            index=list(BACKBONES).index(DEFAULT_BACKBONE),
-            format_func=lambda name: BACKBONES[name].title,
-            key="train_backbone",
-            persist_state="session",
-        )
-        spec = BACKBONES[backbone]
-        where = (
-            "local weights file"
-            if weights_file(backbone)
-            else "weights from the Hugging Face hub on first use"
-            if spec.pretrained
-            else "no pretrained weights exist"
-        )
-        st.caption(f"{spec.notes} · {where}")
-        pretrained = st.checkbox(
-            "Start from pretrained weights",
-            value=spec.pretrained,
-            disabled=not spec.pretrained,
-            key=f"train_pretrained_{backbone}",
-            persist_state="session",
-        )
-        mode = st.radio(
-            "Mode",
-            MODES,
-            index=MODES.index("probe" if pretrained else "full"),
-            horizontal=True,
-            key=f"train_mode_{pretrained}",
-            persist_state="session",
-        )
-        st.caption(MODE_HELP[mode])
-        if mode != "full" and not pretrained:
-            st.warning("Without pretraining, a frozen backbone holds random features: use full.")
-        probe = mode == "probe"
-        left, middle, right = st.columns(3)
-        epochs = left.number_input(
-            "Epochs",
-            min_value=1,
-            max_value=1000,
-            value=30 if probe else 8,
-            key=f"train_epochs_{mode}",
-            persist_state="session",
-        )
-        batch_size = middle.number_input(
-            "Batch size", min_value=1, max_value=1024, value=64, key="train_batch", persist_state="session"
-        )
-        patience = right.number_input(
-            "Early-stop patience",
-            min_value=0,
-            max_value=100,
-            value=6,
-            key="train_patience",
-            persist_state="session",
-            help="Epochs without a better validation score before stopping; 0 never stops early.",
-        )
-        lr = st.select_slider(
-            "Learning rate",
-            LEARNING_RATES,
-            value=1e-3,
-            format_func=lambda v: f"{v:g}",
-            key=f"train_lr_{mode}",
-            persist_state="session",
-        )
+        train = model_section()
     with data_col:
-        st.markdown(f"##### Data · `{dataset.name}`")
-        st.caption("Shared with the Dataset page: a selection made there shows here.")
-        try:
-            labels = label_controls(dataset.frame, state.selection_key(path))
-        except PosterlabError as error:
-            show_error(error)
-            labels = None
-        balance = balance_control(state.selection_key(path))
-        left, right = st.columns(2)
-        fits = left.multiselect(
-            "Fit posters to the square input",
-            FITS,
-            default=["crop"],
-            key="train_fits",
-            persist_state="session",
-            help="crop: centre crop; pad: whole poster on a square; squash: whole poster stretched. Several: "
-            "training sees a random one, test time averages them all (the first is what Grad-CAM shows).",
-        )
-        limit = right.number_input(
-            "Poster limit (0: all)",
-            min_value=0,
-            value=0,
-            step=50,
-            key="train_limit",
-            persist_state="session",
-            help="A random subset, by seed: for quick tries on a large dataset.",
-        )
-
-    with st.expander("More settings"):
-        c1, c2, c3, c4 = st.columns(4)
-        head = c1.selectbox("Head", HEADS, key="train_head", persist_state="session")
-        dropout = c1.slider("Dropout", 0.0, 0.9, 0.2, 0.05, key="train_dropout", persist_state="session")
-        weight_decay = c1.select_slider(
-            "Weight decay", (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05), 1e-4, key="train_wd", persist_state="session"
-        )
-        optimizer = c2.selectbox("Optimizer", OPTIMIZERS, key="train_optimizer", persist_state="session")
-        schedule = c2.selectbox("Schedule", SCHEDULES, key="train_schedule", persist_state="session")
-        loss = c2.selectbox(
-            "Loss",
-            LOSSES,
-            key="train_loss",
-            persist_state="session",
-            help="auto: BCE for multi-label, cross-entropy otherwise",
-        )
-        smoothing = c3.slider(
-            "Label smoothing", 0.0, 0.3, 0.0, 0.05, key="train_smoothing", persist_state="session"
-        )
-        unfreeze = c3.number_input(
-            "Finetune: stages that train",
-            1,
-            8,
-            1,
-            key="train_unfreeze",
-            persist_state="session",
-            disabled=mode != "finetune",
-        )
-        gradual = c3.number_input(
-            "Finetune: one more stage every N epochs (0: all at once)",
-            0,
-            100,
-            0,
-            key="train_gradual",
-            persist_state="session",
-            disabled=mode != "finetune",
-        )
-        scale = c3.select_slider(
-            "Backbone lr × (finetune / full)",
-            (0.01, 0.03, 0.1, 0.3, 1.0),
-            0.1,
-            key="train_scale",
-            persist_state="session",
-        )
-        flip_views = c4.checkbox(
-            "Flipped copies (cached features)",
-            False,
-            help="Probe and CPU finetune train on cached features; flipped copies give them flip augmentation.",
-            key="train_flip_views",
-            persist_state="session",
-        )
-        watched = (
-            MULTILABEL_MONITORS if labels is None or labels.target == "genres" else SINGLE_LABEL_MONITORS
-        )
-        monitor = c4.selectbox(
-            "Watch on validation",
-            watched,
-            key=f"train_monitor_{watched[0]}",
-            persist_state="session",
-            help="The metric early stopping and the choice of the best epoch (and of a search trial) follow.",
-        )
-        device = c4.selectbox("Device", DEVICES, key="train_device", persist_state="session")
-        seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed", persist_state="session")
-        save_dtype = c4.selectbox("Save weights as", SAVE_DTYPES, key="train_dtype", persist_state="session")
-        trials = c4.number_input(
-            "Random-search trials",
-            0,
-            100,
-            0,
-            key="train_trials",
-            persist_state="session",
-            help="over lr, dropout, weight decay",
-        )
-        folds = c4.number_input(
-            "Folds per trial (0: validation split)", 0, 10, 0, key="train_folds", persist_state="session"
-        )
-    with st.expander("Augmentation (image modes: finetune and full)"):
-        augment = augment_controls("train_aug")
+        labels, data = data_section(path)
+    train |= more_settings(train["mode"], labels)
+    processes = gpu_processes()
     name = st.text_input(
         "Run name (optional)",
         key="train_name",
-        persist_state="session",
         placeholder="empty: <time>-<backbone>-<mode>",
         help=f"The run's folder under {folder}",
+        **REMEMBER,
     ).strip()
-
-    config = None
-    if labels is not None:
-        try:
-            config = RunConfig(
-                data=DataConfig(
-                    path=path,
-                    labels=labels,
-                    seed=int(seed),
-                    balance=balance,
-                    fit=(fits or ["crop"])[0],
-                    extra_fits=tuple(fits[1:]),
-                    limit=int(limit) or None,
-                ),
-                train=TrainConfig(
-                    backbone=backbone,
-                    pretrained=pretrained,
-                    mode=mode,
-                    head=head,
-                    epochs=int(epochs),
-                    batch_size=int(batch_size),
-                    lr=float(lr),
-                    backbone_lr_scale=float(scale),
-                    weight_decay=float(weight_decay),
-                    dropout=float(dropout),
-                    optimizer=optimizer,
-                    schedule=schedule,
-                    loss=loss,
-                    label_smoothing=float(smoothing),
-                    unfreeze=int(unfreeze),
-                    gradual_every=int(gradual),
-                    patience=int(patience),
-                    monitor=monitor,
-                    flip_views=flip_views,
-                    device=device,
-                    seed=int(seed),
-                    save_dtype=save_dtype,
-                    search_trials=int(trials),
-                    search_folds=int(folds),
-                    augment=augment,
-                ),
-                name=name,
-            )
-        except PosterlabError as error:
-            show_error(error)
+    config = build_config(path, labels, data, train, name)
     st.button(
         "Start training",
         type="primary",
         icon=":material/play_arrow:",
         on_click=start,
-        args=(folder, config),
+        args=(folder, config, processes),
         disabled=config is None,
         key="train_start",
     )
@@ -381,6 +509,49 @@ def new_run_form(folder: Path) -> None:
             st.json(to_dict(config), expanded=False)
 
 
+# ------------------------------------------------------------------------------------------ runs
+
+
+def saved_run(folder: Path, run: Run) -> None:
+    """One run as read back from disk: how it ended (and why), its time, Resume, test figures, curves."""
+    status = run.status
+    epochs = run.config.train.epochs
+    line = f"{STATUS_ICONS.get(run.state, '')} **{run.state}** · started {when(status.get('started'))}"
+    if run.state != "completed" and run.history:
+        line += f" · epoch {len(run.history)}/{epochs}"
+    if status.get("seconds"):
+        line += f" · took {elapsed(status['seconds'])}"
+    line += f" · {run.config.train.backbone} {run.config.train.mode} on `{state.display_name(run.config.data.path)}`"
+    st.markdown(line)
+    if run.state == "failed":
+        st.error(status.get("error") or "failed without a message", icon=":material/error:")
+    if run.state == "stopped":
+        st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
+    if run.state in ("stopped", "failed") and (run.path / "resume.safetensors").exists():
+        st.button(
+            "Resume",
+            icon=":material/resume:",
+            on_click=resume,
+            args=(folder, run.path, 1),
+            key="train_resume",
+            help="Continue from its last finished epoch.",
+        )
+    test = (run.metrics or {}).get("test", {})
+    shown = headline(run.metrics.get("task", "") if run.metrics else "", test.get("metrics", {}))
+    if shown:
+        for column, (metric, value) in zip(st.columns(len(shown)), shown.items(), strict=True):
+            base = test.get("baseline", {}).get(metric)
+            delta = value - base if base is not None else None
+            column.metric(
+                f"test {metric}",
+                f"{value:.3f}",
+                delta=f"{delta:+.3f} vs baseline" if delta is not None and abs(delta) >= 5e-4 else None,
+                delta_color="normal" if delta is not None and abs(delta) >= 5e-4 else "off",
+            )
+    if run.history:
+        history_charts(run.name, run.history, "train_saved", (run.metrics or {}).get("loss", ""))
+
+
 def runs_section(folder: Path) -> None:
     """Every run in the checkpoints folder, as read back from disk (survives refreshes and restarts)."""
     st.subheader(f"Runs in `{folder}`")
@@ -390,37 +561,10 @@ def runs_section(folder: Path) -> None:
         return
     # keyed by the newest run, so that a new run (listed first) is the one shown once it appears
     run = run_picker(runs, "Run", key=f"train_run_pick_{runs[0].name}")
-    status = run.status
-    line = f"{STATUS_ICONS.get(run.state, '')} **{run.state}** · started {when(status.get('started'))}"
-    if status.get("seconds"):
-        line += f" · took {elapsed(status['seconds'])}"
-    line += f" · {run.config.train.backbone} {run.config.train.mode} on `{run.config.data.path}`"
-    st.markdown(line)
-    if run.state == "failed":
-        st.error(status.get("error") or "failed without a message", icon=":material/error:")
-    if run.state in ("stopped", "failed") and (run.path / "resume.json").exists():
-        st.button(
-            "Resume",
-            icon=":material/resume:",
-            on_click=resume,
-            args=(folder, run.path),
-            key="train_resume",
-            help="Continue from its last finished epoch.",
-        )
-    test = (run.metrics or {}).get("test", {})
-    shown = headline(test.get("metrics", {}))
-    if shown:
-        for column, (metric, value) in zip(st.columns(len(shown)), shown.items(), strict=True):
-            base = test.get("baseline", {}).get(metric)
-            column.metric(
-                f"test {metric}",
-                f"{value:.3f}",
-                delta=f"{value - base:+.3f} vs baseline" if base is not None else None,
-            )
-    if run.history:
-        history_charts(run.name, run.history, "train_saved")
+    saved_run(folder, run)
 
 
+through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
 running = state.trainers().active() is not None

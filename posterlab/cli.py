@@ -1,33 +1,164 @@
 """``posterlab train|evaluate|predict|explain|export|demo``: the core from the command line.
 
+The training flags are generated from the config dataclasses (``posterlab.config``): their defaults,
+choices and help are declared there once. ``--config FILE`` (a RunConfig or a run's ``config.json``) sets
+the defaults and the flags given on the command line override them, as timm's ``train.py`` does.
+
 Bad input ends with one line on stderr and a non-zero exit (2 for input errors), never a traceback
-(``--debug`` shows one for bugs).
+(``--debug`` shows one for bugs). Commands import only what they use: ``posterlab --help`` loads neither
+torch nor timm.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import types
+import typing
 from pathlib import Path
 
-from posterlab.errors import PosterlabError
+from posterlab.config import (
+    CAM_METHODS,
+    EVAL_SPLITS,
+    AugmentConfig,
+    RunConfig,
+    from_dict,
+    leaves,
+)
+from posterlab.errors import PosterlabError, one_line
 
 log = logging.getLogger("posterlab")
 
+# flags that stand for several fields, or for a field in another shape: flag → the fields it sets
+COMPOSITE = {
+    "--genres": ("data.labels.genres", "data.labels.top_n"),
+    "--fit": ("data.fit", "data.extra_fits"),
+    "--merge": ("data.labels.merge",),
+    "--seed": ("data.seed", "train.seed"),
+}
+COMPOSITE_HELP = {
+    "--genres": "N for the top-N, a comma-separated list (genres, or classes with --target label), or all",
+    "--merge": "merge a synonym genre FROM=INTO, e.g. Musical=Music (repeatable)",
+}
+LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
 
-def _genres_arg(value: str | None) -> dict:
-    """``--genres 6`` → top-6; ``--genres Action,Comedy`` → that list."""
-    if value is None or value == "":
-        return {}
-    if value.isdigit():
-        return {"top_n": int(value)}
-    return {"genres": tuple(v.strip() for v in value.split(",") if v.strip())}
+
+# --------------------------------------------------------------------------- config ↔ flags
 
 
-def _merge_arg(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+def flag_of(path: str, item: dataclasses.Field) -> str:
+    """The command-line flag of a config field: declared in the field, else ``--field-name``."""
+    return item.metadata.get("flag") or "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def _dest(flag: str) -> str:
+    return "cfg_" + flag.lstrip("-").replace("-", "_")
+
+
+def _value_at(config: RunConfig, path: str):
+    value = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _composite_default(flag: str, config: RunConfig | None):
+    config = config or RunConfig()
+    labels, data = config.data.labels, config.data
+    if flag == "--genres":
+        return str(labels.top_n) if labels.top_n else (",".join(labels.genres) if labels.genres else None)
+    if flag == "--fit":
+        return ",".join(data.fits)
+    if flag == "--merge":
+        return [f"{a}={b}" for a, b in labels.merge] or None
+    return config.train.seed  # --seed
+
+
+def add_config_flags(parser: argparse.ArgumentParser, defaults: RunConfig | None) -> None:
+    """One flag per config field (or per composite flag). ``defaults`` None: the fields' own defaults."""
+    hints = {path: item for path, item in leaves(RunConfig)}
+    done: set[str] = set()
+    for path, item in hints.items():
+        if path == "name":
+            continue
+        flag = flag_of(path, item)
+        if flag in done:
+            continue
+        done.add(flag)
+        if flag in COMPOSITE:
+            help_text = COMPOSITE_HELP.get(flag, item.metadata["help"])
+            kwargs = {"action": "append", "metavar": "FROM=INTO"} if flag == "--merge" else {}
+            if flag == "--seed":
+                kwargs["type"] = int
+            kwargs.setdefault("metavar", flag.lstrip("-").upper())
+            parser.add_argument(
+                flag, dest=_dest(flag), default=_composite_default(flag, defaults), help=help_text, **kwargs
+            )
+            continue
+        _add_field_flag(parser, flag, path, item, defaults)
+
+
+def _add_field_flag(
+    parser, flag: str, path: str, item: dataclasses.Field, defaults: RunConfig | None
+) -> None:
+    hint = _leaf_hint(path)
+    default = (
+        _value_at(defaults, path)
+        if defaults is not None
+        else (item.default if item.default is not dataclasses.MISSING else None)
+    )
+    choices = item.metadata.get("choices")
+    help_text = item.metadata["help"] + (f" (default: {default})" if default not in (None, "") else "")
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %
+    if hint is bool:
+        parser.add_argument(
+            flag,
+            dest=_dest(flag),
+            default=default,
+            action=argparse.BooleanOptionalAction,
+            help=item.metadata["help"].replace("%", "%%"),
+        )
+        return
+    kind = hint if hint in (int, float, str) else str
+    extra = (
+        {"choices": list(choices), "metavar": "NAME"}
+        if choices and len(choices) > 8
+        else ({"choices": list(choices)} if choices else {})
+    )
+    if extra.get("metavar"):
+        help_text += f"; one of: {', '.join(choices)}"
+    extra.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
+    parser.add_argument(flag, dest=_dest(flag), type=kind, default=default, help=help_text, **extra)
+
+
+def _leaf_hint(path: str):
+    """The type of a config field, ``X | None`` read as X."""
+    cls = RunConfig
+    parts = path.split(".")
+    for part in parts[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    hint = typing.get_type_hints(cls)[parts[-1]]
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1
+    return inner[0] if optional else hint
+
+
+def _genres(value: str | None) -> dict:
+    """``6`` → top-6; ``Action,Comedy`` → that list; ``all`` or nothing → every label."""
+    if value is None or value.strip().lower() in ("", "all"):
+        return {"genres": (), "top_n": None}
+    if value.strip().isdigit():
+        return {"genres": (), "top_n": int(value)}
+    return {"genres": tuple(v.strip() for v in value.split(",") if v.strip()), "top_n": None}
+
+
+def _merges(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     pairs = []
     for value in values or []:
         if "=" not in value:
@@ -37,69 +168,163 @@ def _merge_arg(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def build_run_config(args: argparse.Namespace):
-    """The same ``RunConfig`` the app's form builds, from command-line flags (or a JSON file)."""
-    from posterlab.config import AugmentConfig, DataConfig, LabelConfig, RunConfig, TrainConfig, from_dict
+def _nest(flat: dict[str, object]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
 
-    if args.config:
-        try:
-            values = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise PosterlabError(f"{args.config}: cannot read the config ({error})") from None
-        return from_dict(RunConfig, values.get("run", values))
+
+def build_run_config(args: argparse.Namespace) -> RunConfig:
+    """The same ``RunConfig`` the app's form builds, from the flags (over ``--config``'s defaults)."""
+    flat: dict[str, object] = {}
+    for path, item in leaves(RunConfig):
+        flag = flag_of(path, item)
+        if path == "name" or flag in COMPOSITE:
+            continue
+        flat[path] = getattr(args, _dest(flag))
+    flat.update({f"data.labels.{k}": v for k, v in _genres(args.cfg_genres).items()})
+    fits = [f.strip() for f in (args.cfg_fit or "crop").split(",") if f.strip()] or ["crop"]
+    flat["data.fit"], flat["data.extra_fits"] = fits[0], tuple(fits[1:])
+    flat["data.labels.merge"] = _merges(args.cfg_merge)
+    flat["data.seed"] = flat["train.seed"] = args.cfg_seed
+    if args.no_augment:
+        flat.update({f"train.augment.{k}": v for k, v in dataclasses.asdict(AugmentConfig.none()).items()})
     out = Path(args.out) if args.out else None
-    fits = [f.strip() for f in args.fit.split(",") if f.strip()] or ["crop"]
-    labels = LabelConfig(
-        target=args.target,
-        other=args.other,
-        merge=_merge_arg(args.merge),
-        min_count=args.min_count,
-        **_genres_arg(args.genres),
+    flat["name"] = out.name if out else (args.name or "")
+    return from_dict(RunConfig, _nest(flat))
+
+
+def _config_file(path: str) -> RunConfig:
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PosterlabError(f"{path}: cannot read the config ({one_line(error)})") from None
+    return from_dict(RunConfig, values.get("run", values))
+
+
+# ------------------------------------------------------------------------------------ parsers
+
+
+def _train_parser(sub, defaults: RunConfig | None) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a run on a dataset",
+        description="Every flag below is a field of posterlab's typed configs; --config FILE "
+        "sets their defaults (flags given here override it).",
     )
-    data = DataConfig(
-        path=args.data,
-        labels=labels,
-        seed=args.seed,
-        balance=args.balance,
-        fit=fits[0],
-        extra_fits=tuple(fits[1:]),
-        limit=args.limit,
+    t.add_argument("--config", help="a JSON RunConfig (e.g. another run's config.json): sets the defaults")
+    add_config_flags(t, defaults)
+    t.add_argument("--no-augment", action="store_true", help="no image augmentation at all (image modes)")
+    t.add_argument("--out", help="run folder to create (default checkpoints/<time>-<backbone>-<mode>)")
+    t.add_argument(
+        "--name", default=defaults.name if defaults else None, help="run folder name under ./checkpoints"
     )
-    train = TrainConfig(
-        backbone=args.backbone,
-        pretrained=not args.no_pretrained,
-        mode=args.mode,
-        head=args.head,
-        epochs=args.epochs if args.epochs is not None else (30 if args.mode == "probe" else 8),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        backbone_lr_scale=args.backbone_lr_scale,
-        weight_decay=args.weight_decay,
-        dropout=args.dropout,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        loss=args.loss,
-        label_smoothing=args.label_smoothing,
-        unfreeze=args.unfreeze,
-        gradual_every=args.gradual_every,
-        patience=args.patience,
-        monitor=args.monitor,
-        flip_views=args.flip_views,
-        device=args.device,
-        seed=args.seed,
-        save_dtype=args.save_dtype,
-        search_trials=args.search,
-        search_folds=args.folds,
-        augment=AugmentConfig(
-            flip=not args.no_augment,
-            rotate=0 if args.no_augment else 8.0,
-            shift=0 if args.no_augment else 0.05,
-            shear=0 if args.no_augment else 4.0,
-            zoom=0 if args.no_augment else 0.1,
-            random_crop=not args.no_augment,
-        ),
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    launch = t.add_argument_group("several processes (torch.distributed; see README)")
+    launch.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train with N processes on this machine (one per GPU): re-launches under torchrun",
     )
-    return RunConfig(data=data, train=train, name=out.name if out else (args.name or ""))
+    launch.add_argument("--nnodes", default="1", help="machines taking part (torchrun's --nnodes)")
+    launch.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-machine run (c10d)"
+    )
+    launch.add_argument(
+        "--rdzv-id", default="posterlab", help="rendezvous id shared by the machines of one run"
+    )
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="restart the group up to K times after a worker fails; it resumes from its last epoch",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _other_parsers(sub) -> None:
+    e = sub.add_parser("evaluate", help="evaluate a run on a dataset (its own labels and thresholds)")
+    e.add_argument("run")
+    e.add_argument("--data", required=True)
+    e.add_argument(
+        "--split",
+        default="all",
+        choices=EVAL_SPLITS,
+        help="only the posters the run put in this split (from its split.json); default: every poster given",
+    )
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score posters with a run")
+    p.add_argument("run")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
+    p.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("explain", help="Grad-CAM overlay for a poster")
+    x.add_argument("run")
+    x.add_argument("image")
+    x.add_argument("--label", help="label to explain (default: the top-scored one)")
+    x.add_argument("--method", default=CAM_METHODS[0], choices=CAM_METHODS, help="Grad-CAM family method")
+    x.add_argument("--out", required=True, help="PNG to write")
+    x.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("export", help="export a run as ONNX or a Hugging Face Space bundle")
+    s.add_argument("run")
+    s.add_argument("--format", required=True, choices=("onnx", "space"))
+    s.add_argument("--out", required=True)
+    s.add_argument(
+        "--push", metavar="USER/SPACE", help="upload the Space bundle with huggingface_hub (needs HF_TOKEN)"
+    )
+    s.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="start the Gradio demo")
+    d.add_argument("run", nargs="?", help="a run folder (default: every finished run under --checkpoints)")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--host", help="interface to listen on (default: loopback; 0.0.0.0 for every interface)")
+    d.add_argument("--share", action="store_true", help="ask Gradio for a public link")
+    d.add_argument("--checkpoints", help="folder of runs for the model picker (default ./checkpoints)")
+    d.set_defaults(func=cmd_demo)
+
+
+def parser(defaults: RunConfig | None = None) -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="posterlab",
+        description="Genre (and fresh/rotten) classifiers from movie posters, with Grad-CAM.",
+    )
+    main.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    main.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = main.add_subparsers(dest="command", required=True)
+    _train_parser(sub, defaults)
+    _other_parsers(sub)
+    return main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, with a ``--config`` file's values as the training flags' defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = None
+    if "train" in argv and "--config" in argv[argv.index("train") :]:
+        early = argparse.ArgumentParser(add_help=False)
+        early.add_argument("--config")
+        known, _ = early.parse_known_args(argv[argv.index("train") + 1 :])
+        if known.config:
+            defaults = _config_file(known.config)
+    return parser(defaults).parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------- commands
 
 
 class _Bars:
@@ -108,42 +333,22 @@ class _Bars:
     def __init__(self, quiet: bool) -> None:
         from tqdm import tqdm
 
-        self.tqdm = tqdm
-        self.quiet = quiet
-        self.bar = None
-        self.stage = None
+        self.tqdm, self.quiet, self.bar, self.stage = tqdm, quiet, None, None
 
     def __call__(self, event) -> None:
         from posterlab.events import EpochEnd, Finished, Message, Progress
 
         if isinstance(event, Progress):
-            if self.quiet:
-                return
-            if self.bar is None or self.stage != event.stage or event.done < self.bar.n:
-                self.close()
-                self.bar = self.tqdm(
-                    total=event.total,
-                    desc=event.stage,
-                    unit="",
-                    file=sys.stderr,
-                    leave=False,
-                    dynamic_ncols=True,
-                )
-                self.stage = event.stage
-            self.bar.total = event.total
-            self.bar.update(event.done - self.bar.n)
-            if event.detail:
-                self.bar.set_postfix_str(event.detail, refresh=False)
+            self._progress(event)
         elif isinstance(event, EpochEnd):
             self.close()
-            shown = " ".join(
-                f"{k} {v:.3f}"
-                for k, v in event.metrics.items()
-                if k in ("map", "micro_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc")
-            )
+            from posterlab.evaluation.metrics import EVERY_HEADLINE
+
+            shown = " ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k in EVERY_HEADLINE)
             mark = " *" if event.best else ""
             print(
-                f"epoch {event.epoch}/{event.epochs}  train_loss {event.train_loss:.4f}  val_loss {event.val_loss:.4f}  {shown}  ({event.seconds:.1f}s){mark}",
+                f"epoch {event.epoch}/{event.epochs}  train_loss {event.train_loss:.4f}  val_loss "
+                f"{event.val_loss:.4f}  {shown}  ({event.seconds:.1f}s){mark}",
                 file=sys.stderr,
             )
         elif isinstance(event, Message):
@@ -156,23 +361,68 @@ class _Bars:
                 file=sys.stderr,
             )
 
+    def _progress(self, event) -> None:
+        if self.quiet:
+            return
+        if self.bar is None or self.stage != event.stage or event.done < self.bar.n:
+            self.close()
+            self.bar = self.tqdm(
+                total=event.total, desc=event.stage, unit="", file=sys.stderr, leave=False, dynamic_ncols=True
+            )
+            self.stage = event.stage
+        self.bar.total = event.total
+        self.bar.update(event.done - self.bar.n)
+        if event.detail:
+            self.bar.set_postfix_str(event.detail, refresh=False)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C or SIGTERM asks the run to stop at its next batch boundary (it is evaluated, saved and can be
+    resumed); a second one aborts at once."""
+    requested = threading.Event()
+
+    def handle(signum, frame) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(
+            "posterlab: stopping at the next batch (the run stays resumable); again to abort", file=sys.stderr
+        )
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+    return requested
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc_per_node:
+        from posterlab.launch import relaunch
+
+        return relaunch(args, sys.argv[1:] if args.argv is None else args.argv)
+    from posterlab.training import distributed
     from posterlab.training.trainer import resume_run, train_run
 
-    sink = _Bars(args.quiet)
-    if args.resume:
-        path = resume_run(Path(args.resume), on_event=sink)
-    else:
-        config = build_run_config(args)
-        root = Path(args.out).parent if args.out else None
-        path = train_run(config, root, on_event=sink)
-    print(path)
+    requested = _stop_on_signals()
+    config = None if args.resume else build_run_config(args)
+    device = config.train.device if config else "auto"
+    dist = distributed.from_environment(device)
+    sink = _Bars(args.quiet or not dist.main)
+    try:
+        if args.resume:
+            path = resume_run(Path(args.resume), on_event=sink, should_stop=requested.is_set, dist=dist)
+        else:
+            root = Path(args.out).parent if args.out else None
+            path = train_run(config, root, on_event=sink, should_stop=requested.is_set, dist=dist)
+    finally:
+        distributed.shutdown(dist)
+    if dist.main:
+        print(path)
     return 0
 
 
@@ -187,7 +437,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print(json.dumps(_finite(result), indent=2))
+        from posterlab.runs import finite
+
+        print(json.dumps(finite(result), indent=2))
         return 0
     print(f"{result['n']} posters ({result['dropped']} dropped); labels: {', '.join(result['labels'])}")
     print(f"{'metric':<18}{'model':>10}{'baseline':>10}")
@@ -220,8 +472,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from posterlab.explain import explain_to_file
 
-    path = explain_to_file(args.run, args.image, args.out, label=args.label, method=args.method)
-    print(path)
+    print(explain_to_file(args.run, args.image, args.out, label=args.label, method=args.method))
     return 0
 
 
@@ -248,199 +499,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run=args.run,
         port=args.port,
         share=args.share,
+        host=args.host,
         checkpoints=Path(args.checkpoints) if args.checkpoints else None,
     )
     return 0
 
 
-def _finite(value):
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def parser() -> argparse.ArgumentParser:
-    from posterlab.config import (
-        BALANCE,
-        DEVICES,
-        FITS,
-        HEADS,
-        LOSSES,
-        MODES,
-        MONITORS,
-        OPTIMIZERS,
-        SAVE_DTYPES,
-        SCHEDULES,
-    )
-    from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
-
-    main = argparse.ArgumentParser(
-        prog="posterlab",
-        description="Genre (and fresh/rotten) classifiers from movie posters, with Grad-CAM.",
-    )
-    main.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
-    main.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
-    sub = main.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a run on a dataset")
-    t.add_argument(
-        "--data",
-        default="sample",
-        help="dataset folder, labels CSV, MovieGenre.csv or zip; 'sample' / 'sample-rt' for the embedded posters",
-    )
-    t.add_argument("--target", default="genres", help="genres | label | a rule such as imdb_score>=7")
-    t.add_argument(
-        "--genres", help="N for the top-N, or a comma-separated list (genres, or classes with --target label)"
-    )
-    t.add_argument("--other", action="store_true", help="merge genres outside the selection into 'Other'")
-    t.add_argument(
-        "--merge",
-        action="append",
-        metavar="FROM=INTO",
-        help="merge a synonym genre, e.g. Musical=Music (repeatable)",
-    )
-    t.add_argument("--min-count", type=int, default=1, help="leave out labels with fewer posters")
-    t.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        choices=list(BACKBONES),
-        metavar="NAME",
-        help=f"one of: {', '.join(BACKBONES)}",
-    )
-    t.add_argument("--no-pretrained", action="store_true", help="start from random weights")
-    t.add_argument("--mode", default="probe", choices=MODES)
-    t.add_argument("--head", default="linear", choices=HEADS)
-    t.add_argument("--epochs", type=int, help="default 30 (probe) or 8")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument(
-        "--lr", type=float, default=1e-3, help="head learning rate (the backbone's is scaled, below)"
-    )
-    t.add_argument("--backbone-lr-scale", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--dropout", type=float, default=0.2)
-    t.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
-    t.add_argument("--loss", default="auto", choices=LOSSES)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--unfreeze", type=int, default=1, help="finetune: feature levels from the top that train")
-    t.add_argument(
-        "--gradual-every", type=int, default=0, help="finetune: unfreeze one more level every N epochs"
-    )
-    t.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs (0: off)")
-    t.add_argument(
-        "--monitor",
-        default="auto",
-        choices=MONITORS,
-        help="validation metric for early stopping and model selection (auto: map, or balanced_accuracy)",
-    )
-    t.add_argument(
-        "--flip-views",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also cache flipped posters: flip augmentation for cached inputs and flip TTA (doubles extraction)",
-    )
-    t.add_argument("--no-augment", action="store_true", help="no image augmentation (image modes)")
-    t.add_argument("--balance", default="none", choices=BALANCE)
-    t.add_argument(
-        "--fit",
-        default="crop",
-        help=f"how posters fit the square input: {', '.join(FITS)}; several (crop,pad,squash) train on each "
-        "and average them at test time, the first is the one Grad-CAM draws on",
-    )
-    t.add_argument("--limit", type=int, help="use at most N posters (quick runs)")
-    t.add_argument(
-        "--search",
-        type=int,
-        default=0,
-        metavar="TRIALS",
-        help="random search over lr / dropout / weight decay",
-    )
-    t.add_argument("--folds", type=int, default=0, help="k-fold cross-validation for each search trial")
-    t.add_argument("--device", default="auto", choices=DEVICES)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-dtype", default="float32", choices=SAVE_DTYPES)
-    t.add_argument("--out", help="run folder to create (default checkpoints/<time>-<backbone>-<mode>)")
-    t.add_argument("--name", help="run folder name under ./checkpoints")
-    t.add_argument("--config", help="a JSON RunConfig (e.g. another run's config.json) instead of flags")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run")
-    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("evaluate", help="evaluate a run on a dataset (its own labels and thresholds)")
-    e.add_argument("run")
-    e.add_argument("--data", required=True)
-    e.add_argument(
-        "--split",
-        default="all",
-        choices=("all", "train", "val", "test"),
-        help="only the posters the run put in this split (from its split.json); default: every poster given",
-    )
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("-q", "--quiet", action="store_true")
-    e.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="score posters with a run")
-    p.add_argument("run")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
-    p.set_defaults(func=cmd_predict)
-
-    x = sub.add_parser("explain", help="Grad-CAM overlay for a poster")
-    x.add_argument("run")
-    x.add_argument("image")
-    x.add_argument("--label", help="label to explain (default: the top-scored one)")
-    x.add_argument(
-        "--method", default="gradcam", help="gradcam | gradcam++ | hirescam | eigencam | scorecam | layercam"
-    )
-    x.add_argument("--out", required=True, help="PNG to write")
-    x.set_defaults(func=cmd_explain)
-
-    s = sub.add_parser("export", help="export a run as ONNX or a Hugging Face Space bundle")
-    s.add_argument("run")
-    s.add_argument("--format", required=True, choices=("onnx", "space"))
-    s.add_argument("--out", required=True)
-    s.add_argument(
-        "--push", metavar="USER/SPACE", help="upload the Space bundle with huggingface_hub (needs HF_TOKEN)"
-    )
-    s.set_defaults(func=cmd_export)
-
-    d = sub.add_parser("demo", help="start the Gradio demo")
-    d.add_argument("run", nargs="?", help="a run folder (default: every finished run under --checkpoints)")
-    d.add_argument("--port", type=int, default=7860)
-    d.add_argument("--share", action="store_true", help="ask Gradio for a public link")
-    d.add_argument("--checkpoints", help="folder of runs for the model picker (default ./checkpoints)")
-    d.set_defaults(func=cmd_demo)
-    return main
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        args = parse(argv)
+        args.argv = argv
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         return args.func(args)
     except PosterlabError as error:
-        print(f"posterlab: error: {error}", file=sys.stderr)
+        print(f"posterlab: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posterlab: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug: one line unless --debug
-        if args.debug:
+        if debug:
             raise
-        first = str(error).splitlines()[0] if str(error) else ""
         print(
-            f"posterlab: unexpected {type(error).__name__}: {first} (run with --debug for the traceback)",
-            file=sys.stderr,
+            f"posterlab: unexpected {one_line(error)} (run with --debug for the traceback)", file=sys.stderr
         )
         return 1
 

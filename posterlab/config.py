@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from posterlab.errors import ConfigError
+from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 
 MODES = ("probe", "finetune", "full")
 BALANCE = ("none", "weights", "undersample", "oversample")
@@ -20,8 +21,15 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 HEADS = ("linear", "mlp")
 DEVICES = ("auto", "cpu", "cuda")
+# Grad-CAM family methods (pytorch-grad-cam); the slow ones run a forward pass per channel of the layer
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
+SLOW_CAM_METHODS = ("scorecam",)
+EVAL_SPLITS = ("all", "train", "val", "test")  # all: every poster given; the others: the run's own split
 SAVE_DTYPES = ("float32", "float16")
-MONITORS = ("auto", "map", "micro_f1", "macro_f1", "roc_auc", "accuracy", "balanced_accuracy", "loss")
+# validation metrics a run can watch (the first of each is what ``auto`` means)
+MULTILABEL_MONITORS = ("map", "micro_f1", "macro_f1", "roc_auc", "loss")
+SINGLE_LABEL_MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "loss")
+MONITORS = ("auto", *dict.fromkeys(MULTILABEL_MONITORS + SINGLE_LABEL_MONITORS))
 
 _THRESHOLD_TARGET = re.compile(
     r"^\s*(?P<column>[A-Za-z_][\w ]*?)\s*(?P<op>>=|<=|>|<)\s*(?P<value>-?\d+(\.\d+)?)\s*$"
@@ -46,6 +54,23 @@ def parse_threshold_target(target: str) -> tuple[str, str, float] | None:
     return match["column"].strip(), match["op"], float(match["value"])
 
 
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    flag: str | None = None,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with its help text (and choices, and command-line flag when it is not
+    ``--field-name``): the one place a setting is declared. The command line and the app's form read
+    defaults, choices and help from here."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     """What to predict and which labels to keep.
@@ -55,12 +80,16 @@ class LabelConfig:
     as ``imdb_score>=7``.
     """
 
-    target: str = "genres"
-    genres: tuple[str, ...] = ()  # an explicit selection; empty means all (or the top_n)
-    top_n: int | None = None
-    min_count: int = 1  # labels rarer than this in the data are left out (or merged into Other)
-    other: bool = False  # merge genres outside the selection into "Other" instead of ignoring them
-    merge: tuple[tuple[str, str], ...] = ()  # synonym merges (from, into), e.g. ("Musical", "Music")
+    target: str = option("genres", "genres | label | a rule on a numeric column such as imdb_score>=7")
+    genres: tuple[str, ...] = option(
+        (), "an explicit selection of labels (empty: all, or the top_n)", flag="--genres"
+    )
+    top_n: int | None = option(None, "keep the N most common labels (None: all)", flag="--genres")
+    min_count: int = option(1, "labels rarer than this in the data are left out (or merged into Other)")
+    other: bool = option(False, "merge labels outside the selection into 'Other' instead of ignoring them")
+    merge: tuple[tuple[str, str], ...] = option(
+        (), "synonym merges FROM=INTO, e.g. Musical=Music (repeatable)"
+    )
 
     def __post_init__(self) -> None:
         if self.target not in ("genres", "label") and parse_threshold_target(self.target) is None:
@@ -81,17 +110,35 @@ class LabelConfig:
 class DataConfig:
     """Which posters, how they are labelled, split, balanced and fitted to the model's input."""
 
-    path: str = "sample"  # a folder, a CSV, a zip, or 'sample' / 'sample-rt' (the embedded posters)
-    labels: LabelConfig = field(default_factory=LabelConfig)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    seed: int = 0
-    balance: str = "none"
-    fit: str = "crop"  # crop: centre crop (timm's default); pad: whole poster padded to square; squash
-    # more ways to fit each poster: a random one per epoch in training, all averaged at test time
-    extra_fits: tuple[str, ...] = ()
-    near_duplicate_bits: int = 4  # perceptual-hash distance under which posters count as the same; -1 off
-    limit: int | None = None  # use at most this many posters (a random subset, by seed)
+    path: str = option(
+        "sample",
+        "dataset folder, labels CSV, MovieGenre.csv or zip; 'sample' / 'sample-rt' for the embedded posters",
+        flag="--data",
+    )
+    labels: LabelConfig = option(factory=LabelConfig, help="what to predict")
+    val_fraction: float = option(
+        0.2, "share of the movies held out for validation (thresholds, early stopping)"
+    )
+    test_fraction: float = option(0.2, "share of the movies held out for the final test")
+    seed: int = option(0, "seed of the split, the initialisation and the shuffles", flag="--seed")
+    balance: str = option(
+        "none", "balance the training split: loss weights, under- or over-sampling", choices=BALANCE
+    )
+    fit: str = option(
+        "crop",
+        "how posters fit the square input: crop (timm's centre crop), pad (whole "
+        "poster on a square) or squash; several (crop,pad,squash) train on each and average "
+        "them at test time, the first is the one Grad-CAM draws on",
+        choices=FITS,
+        flag="--fit",
+    )
+    extra_fits: tuple[str, ...] = option((), "more fits after the first", choices=FITS, flag="--fit")
+    near_duplicate_bits: int = option(
+        4,
+        "perceptual-hash distance under which two posters count as the "
+        "same and one is dropped (-1: keep near-duplicates)",
+    )
+    limit: int | None = option(None, "use at most N posters (a random subset, by seed): quick runs")
 
     def __post_init__(self) -> None:
         _choice("balance", self.balance, BALANCE)
@@ -117,54 +164,94 @@ class DataConfig:
 class AugmentConfig:
     """Training-time augmentation (image modes only; cached features see no augmentation but flips)."""
 
-    flip: bool = True
-    rotate: float = 8.0  # degrees
-    shift: float = 0.05  # fraction of the side
-    shear: float = 4.0  # degrees
-    zoom: float = 0.1  # +/- scale
-    random_crop: bool = True
+    flip: bool = option(True, "random horizontal flips", flag="--aug-flip")
+    rotate: float = option(8.0, "random rotation up to this many degrees", flag="--aug-rotate")
+    shift: float = option(0.05, "random shift up to this fraction of the side", flag="--aug-shift")
+    shear: float = option(4.0, "random shear up to this many degrees", flag="--aug-shear")
+    zoom: float = option(0.1, "random zoom, +/- this fraction", flag="--aug-zoom")
+    random_crop: bool = option(True, "a random window of at least 85% of each side", flag="--aug-random-crop")
 
     def __post_init__(self) -> None:
         for name in ("rotate", "shift", "shear", "zoom"):
             _at_least(name, getattr(self, name), 0.0)
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all (``--no-augment``)."""
+        return cls(flip=False, rotate=0.0, shift=0.0, shear=0.0, zoom=0.0, random_crop=False)
+
+
+# epochs when none are given: a probe head trains in seconds an epoch, a network's top in minutes
+DEFAULT_EPOCHS = {"probe": 30, "finetune": 8, "full": 8}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: backbone, mode and hyper-parameters."""
 
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool = True
-    mode: str = "probe"
-    head: str = "linear"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1  # backbone lr = lr * this (finetune / full)
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    step_every: int = 10  # epochs between lr drops (schedule=step)
-    warmup_epochs: int = 0
-    loss: str = "auto"  # auto: bce for multi-label, ce for single-label
-    label_smoothing: float = 0.0
-    unfreeze: int = 1  # finetune: number of feature levels, from the top, that train
-    gradual_every: int = 0  # finetune: unfreeze one more level every N epochs (0: all at once)
-    patience: int = 6  # early stopping on the validation metric; 0 disables
-    monitor: str = "auto"  # validation metric; auto: map (multi-label) or balanced_accuracy
-    flip_views: bool = False  # cache flipped posters too: flip augmentation for cached inputs
-    cache_activations: bool = True  # finetune on CPU: cache the frozen part's output once
-    device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA
-    num_workers: int = -1  # data loader workers; -1 picks from the CPU count
-    seed: int = 0
-    save_dtype: str = "float32"
-    search_trials: int = 0  # random search over lr / dropout / weight decay before the final fit
-    search_folds: int = 0  # k-fold cross-validation per trial (0: the validation split)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backbone: str = option(
+        DEFAULT_BACKBONE, "timm backbone from posterlab's registry", choices=tuple(BACKBONES)
+    )
+    pretrained: bool = option(True, "start from ImageNet weights (--no-pretrained: random weights)")
+    mode: str = option(
+        "probe",
+        "probe: frozen backbone, cached embeddings; finetune: the top stages train "
+        "too; full: every layer trains",
+        choices=MODES,
+    )
+    head: str = option("linear", "classification head on the pooled features", choices=HEADS)
+    epochs: int | None = option(None, "epochs (default: 30 for probe, 8 otherwise)")
+    batch_size: int = option(64, "global batch size (split across processes when there are several)")
+    lr: float = option(1e-3, "head learning rate (the backbone's is scaled, below)")
+    backbone_lr_scale: float = option(0.1, "backbone learning rate = lr * this (finetune / full)")
+    layer_decay: float = option(
+        1.0,
+        "each backbone stage below the top trains at this times the stage "
+        "above's rate (timm's layer-wise decay; 1: all stages at backbone_lr_scale)",
+    )
+    weight_decay: float = option(1e-4, "AdamW / SGD weight decay (never on biases and norm weights)")
+    dropout: float = option(0.2, "dropout before the head")
+    optimizer: str = option("adamw", "optimizer (timm's factory)", choices=OPTIMIZERS)
+    schedule: str = option(
+        "cosine", "learning-rate schedule per epoch (timm's schedulers)", choices=SCHEDULES
+    )
+    step_every: int = option(10, "epochs between 10x learning-rate drops (schedule step)")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
+    loss: str = option(
+        "auto", "auto: bce for multi-label, ce for one label; asl: asymmetric loss", choices=LOSSES
+    )
+    label_smoothing: float = option(0.0, "label smoothing (ce)")
+    unfreeze: int = option(1, "finetune: feature levels, from the top, that train")
+    gradual_every: int = option(0, "finetune: unfreeze one more level every N epochs (0: all at once)")
+    patience: int = option(
+        6, "early stopping after this many epochs without a better validation score (0: off)"
+    )
+    monitor: str = option(
+        "auto",
+        "validation metric for early stopping and the best epoch (auto: map, or balanced_accuracy)",
+        choices=MONITORS,
+    )
+    flip_views: bool = option(
+        False,
+        "also cache flipped posters: flip augmentation for cached inputs and "
+        "flip test-time averaging (doubles extraction)",
+    )
+    cache_activations: bool = option(True, "finetune on a CPU: cache the frozen part's output once")
+    device: str = option("auto", "auto: a CUDA GPU when one is visible", choices=DEVICES)
+    amp: bool = option(True, "mixed precision on CUDA (bf16 from compute capability 8.0, else fp16)")
+    num_workers: int = option(-1, "data-loader processes (-1: from the CPU cores this process may use)")
+    seed: int = option(0, "seed of the split, the initialisation and the shuffles", flag="--seed")
+    save_dtype: str = option("float32", "precision of the saved weights", choices=SAVE_DTYPES)
+    search_trials: int = option(0, "random search over lr / dropout / weight decay (trials)", flag="--search")
+    search_folds: int = option(
+        0, "k-fold cross-validation for each search trial (0: the validation split)", flag="--folds"
+    )
+    augment: AugmentConfig = option(factory=AugmentConfig, help="augmentation (image modes)")
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS.get(self.mode, 8))
+        _choice("backbone", self.backbone, tuple(BACKBONES))
         _choice("mode", self.mode, MODES)
         _choice("head", self.head, HEADS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -181,6 +268,8 @@ class TrainConfig:
             raise ConfigError(f"search_folds must be 0 (off) or at least 2 (got {self.search_folds})")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be between 0 and 1 (got {self.lr})")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1] (got {self.layer_decay})")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if not 0 <= self.label_smoothing < 1:
@@ -191,9 +280,26 @@ class TrainConfig:
 class RunConfig:
     """Everything a run was asked to do; saved as the run folder's ``config.json``."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    name: str = ""  # run folder name; empty picks one from the backbone, mode and time
+    data: DataConfig = option(factory=DataConfig, help="the posters")
+    train: TrainConfig = option(factory=TrainConfig, help="the training")
+    name: str = option("", "run folder name under ./checkpoints (empty: <time>-<backbone>-<mode>)")
+
+
+def describe(cls: type, name: str) -> str:
+    """A config field's help text (for the app's widgets; the command line reads the same)."""
+    return next(item.metadata.get("help", "") for item in dataclasses.fields(cls) if item.name == name)
+
+
+def leaves(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every setting of a config class, nested configs flattened: (dotted path, field)."""
+    out = []
+    for item in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[item.name]
+        if dataclasses.is_dataclass(hint):
+            out += leaves(hint, f"{prefix}{item.name}.")
+        else:
+            out.append((f"{prefix}{item.name}", item))
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:

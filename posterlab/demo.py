@@ -7,8 +7,11 @@ model looked (Grad-CAM on the crop it saw). The only module in posterlab that im
   without blocking and returns its URL (the workbench's Demo page embeds that URL).
 - ``launch_options`` is what every launcher passes (upload limit, theme), an exported Space included.
 
-Models are loaded lazily, once per demo, into a cache that belongs to the ``build_demo`` call: the
-workbench shares modules across its sessions, so nothing per-user lives at module level.
+The handlers (``analyse``, ``explain_labels``, ``fresh_rotten``, ...) are plain module-level functions
+of a ``DemoState`` (the runs it serves and their loaded models, through the core's ``ModelCache``), as
+in Gradio's own demos: they can be called, and tested, without a server. ``build_demo`` only lays out
+the Blocks and wires them. Nothing per-user lives at module level: the workbench shares modules across
+its sessions.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ import functools
 import html
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,22 @@ import pandas as pd
 from PIL import Image
 
 from posterlab import settings
+from posterlab.config import CAM_METHODS, SLOW_CAM_METHODS
 from posterlab.errors import ImageError, PosterlabError, RunError
 from posterlab.evaluation.interpret import ranked_by_label
-from posterlab.explain import Explainer
+from posterlab.evaluation.metrics import HEADLINE
+from posterlab.explain import to_poster_aspect
 from posterlab.export import example_posters
 from posterlab.inference import Predictor
 from posterlab.models.registry import BACKBONES
-from posterlab.runs import list_runs, read_json
+from posterlab.runs import Run, list_runs, load_run
+from posterlab.serving import ModelCache, run_key
 
 log = logging.getLogger(__name__)
 
 DEMO_RUNS = ("demo-genres", "demo-fresh-rotten")  # the committed ready-made runs, offered first
-# ScoreCAM is left out: it runs one forward pass per channel, tens of seconds per map on a CPU Space.
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+# the slow methods (Score-CAM: a forward pass per channel, minutes a map on a CPU Space) are left out
+DEMO_METHODS = tuple(m for m in CAM_METHODS if m not in SLOW_CAM_METHODS)
 MAX_FILE_SIZE = "10mb"  # posters are well under 1 MB; the core's own limit (40 MB) is for datasets
 # A free CPU Space has 2 vCPUs and torch already spreads one request over both: two requests at a time
 # keep image decoding overlapped with compute; more only adds latency. The queue holds ~10 s of work.
@@ -66,70 +70,30 @@ footer { display: none !important; }
 # ------------------------------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
-class DemoRun:
-    """A run the demo can serve: its folder and what the picker and the cards show about it."""
-
-    path: Path
-    task: str
-    labels: tuple[str, ...]
-    backbone: str
-    mode: str
-    metrics: dict | None
-    data: dict | None
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def title(self) -> str:
-        spec = BACKBONES.get(self.backbone)
-        kind = f"{len(self.labels)} genres" if self.task == "multilabel" else " / ".join(self.labels)
-        return f"{self.name} · {spec.title if spec else self.backbone} · {kind}"
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """Identity for caches: the folder and its weights' mtime (a retrained run reloads)."""
-        weights = self.path / "model.safetensors"
-        return str(self.path), weights.stat().st_mtime_ns if weights.exists() else 0
+def title(run: Run) -> str:
+    """For the model picker: folder · backbone · what it predicts."""
+    spec = BACKBONES.get(run.model["backbone"])
+    labels = run.model["rule"]["labels"]
+    kind = f"{len(labels)} genres" if run.model["rule"]["task"] == "multilabel" else " / ".join(labels)
+    return f"{run.name} · {spec.title if spec else run.model['backbone']} · {kind}"
 
 
-def read_demo_run(path: str | Path) -> DemoRun:
-    """What the demo needs from a run (or exported bundle) folder; ``RunError`` when it has no model."""
-    path = Path(path).resolve()
-    if not (path / "model.json").is_file():
+def read_demo_run(path: str | Path) -> Run:
+    """A run (or exported bundle) folder the demo can serve; ``RunError`` when it has no model."""
+    run = load_run(Path(path).resolve())
+    if run.model is None:
         raise RunError(
-            f"{path}: has no trained model (model.json); pick a completed run or train one with posterlab train"
+            f"{run.path}: has no trained model (model.json); pick a completed run or train one with posterlab train"
         )
-    info = read_json(path / "model.json")
-    config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
-    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-    data = read_json(path / "data.json") if (path / "data.json").is_file() else None
-    return DemoRun(
-        path=path,
-        task=info["rule"]["task"],
-        labels=tuple(info["rule"]["labels"]),
-        backbone=info["backbone"],
-        mode=config.get("run", {}).get("train", {}).get("mode", ""),
-        metrics=metrics,
-        data=data,
-    )
+    return run
 
 
-def find_runs(run: str | Path | None = None, checkpoints: Path | None = None) -> list[DemoRun]:
+def find_runs(run: str | Path | None = None, checkpoints: Path | None = None) -> list[Run]:
     """``run`` alone, or every completed run under ``checkpoints`` (the committed demo runs first)."""
     if run is not None:
         return [read_demo_run(run)]
-    root = Path(checkpoints) if checkpoints is not None else settings.checkpoints_dir()
-    found = []
-    for entry in list_runs(root):  # newest first
-        if entry.state != "completed" or entry.model is None:
-            continue
-        try:
-            found.append(read_demo_run(entry.path))
-        except RunError as error:
-            log.warning("demo: skipping %s (%s)", entry.path, error)
+    root = (Path(checkpoints) if checkpoints is not None else settings.checkpoints_dir()).resolve()
+    found = [r for r in list_runs(root) if r.state == "completed" and r.model is not None]  # newest first
     order = {name: i for i, name in enumerate(DEMO_RUNS)}
     found.sort(key=lambda r: order.get(r.name, len(order)))  # stable: the rest stay newest first
     if not found:
@@ -152,24 +116,71 @@ def _example_titles(paths: list[Path]) -> list[str]:
     return [titles.get(p.stem) or p.stem for p in paths]
 
 
+class DemoState:
+    """What one demo serves: its runs (re-listed on a page load unless it serves a single run), the
+    loaded models, the example posters and the labelled gallery, and the galleries already ranked.
+
+    Shared by every visitor of that demo; its parts are safe across threads (the model cache and the
+    predictors lock themselves; ``runs`` is replaced whole, never mutated)."""
+
+    def __init__(
+        self,
+        run: str | Path | None = None,
+        checkpoints: Path | None = None,
+        examples: list[Path] | None = None,
+        gallery: Path | None = None,
+    ) -> None:
+        self.fixed = run is not None
+        self.checkpoints = checkpoints
+        self.runs = {str(r.path): r for r in find_runs(run, checkpoints)}
+        self.models = ModelCache(MODEL_CACHE)
+        self.examples = example_posters() if examples is None else [Path(p) for p in examples]
+        if gallery is None and (settings.SAMPLES["sample-rt"] / "labels.csv").is_file():
+            gallery = settings.SAMPLES["sample-rt"]
+        self.gallery = gallery
+        self.ranked: dict[tuple[str, int], tuple[str, list, list]] = {}
+        self.ranked_lock = threading.Lock()
+
+    def current(self) -> list[Run]:
+        """The runs to offer now (a demo over a checkpoints folder picks up runs finished since)."""
+        if not self.fixed:
+            with contextlib.suppress(RunError):  # every run deleted meanwhile: keep the known ones
+                self.runs = {str(r.path): r for r in find_runs(None, self.checkpoints)}
+        return list(self.runs.values())
+
+    def lookup(self, path: str | None) -> Run:
+        if path and path not in self.runs:
+            self.current()  # a run finished since the last look
+        if not path or path not in self.runs:
+            raise RunError(f"{path or 'no model'}: not one of this demo's runs; pick one from the list")
+        return self.runs[path]
+
+    def choices(self, binary: bool = False) -> list[tuple[str, str]]:
+        return [
+            (title(r), str(r.path))
+            for r in self.current()
+            if not binary or r.model["rule"]["task"] == "binary"
+        ]
+
+
 # ---------------------------------------------------------------------------------------- cards
 
 
-def _test_figures(run: DemoRun) -> tuple[dict, dict, int | None]:
+def _test_figures(run: Run) -> tuple[dict, dict, int | None]:
     test = (run.metrics or {}).get("test") or {}
     return test.get("metrics") or {}, test.get("baseline") or {}, test.get("n")
 
 
-def model_card(run: DemoRun) -> str:
+def model_card(run: Run) -> str:
     """Markdown: what the model is and how it did on its held-out test split, beside the baseline."""
-    spec = BACKBONES.get(run.backbone)
+    backbone, rule = run.model["backbone"], run.model["rule"]
+    spec = BACKBONES.get(backbone)
     lines = [
-        f"**{run.name}**: {spec.title if spec else run.backbone}"
-        + (f" ({run.mode})" if run.mode else "")
-        + f", {run.task}: {', '.join(run.labels)}"
+        f"**{run.name}**: {spec.title if spec else backbone} ({run.config.train.mode}), "
+        f"{rule['task']}: {', '.join(rule['labels'])}"
     ]
     metrics, baseline, n = _test_figures(run)
-    names = ("map", "micro_f1", "macro_f1") if run.task == "multilabel" else ("accuracy", "balanced_accuracy")
+    names = HEADLINE[rule["task"]][:3] if rule["task"] == "multilabel" else ("accuracy", "balanced_accuracy")
     shown = [
         f"{METRIC_NAMES[name]} {metrics[name]:.2f}"
         + (f" (baseline {baseline[name]:.2f})" if baseline.get(name) is not None else "")
@@ -183,7 +194,7 @@ def model_card(run: DemoRun) -> str:
     return "  \n".join(lines)
 
 
-def small_data_note(run: DemoRun) -> str:
+def small_data_note(run: Run) -> str:
     """The fresh-or-rotten caveat: test accuracy beside the majority rate, with the sizes involved."""
     metrics, baseline, n = _test_figures(run)
     sizes = (run.data or {}).get("sizes", {})
@@ -202,40 +213,6 @@ def small_data_note(run: DemoRun) -> str:
         "Read the maps as hints about what it keys on (titles, faces, crowds), not as critics' verdicts."
     )
     return " ".join(parts)
-
-
-# ------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class _Loaded:
-    predictor: Predictor
-    explainer: Explainer
-    # Grad-CAM hooks the shared model: a concurrent forward pass would leak into another request's map
-    lock: threading.Lock
-
-
-class _Models:
-    """Predictor + Explainer per run, built once and kept (LRU) for one demo."""
-
-    def __init__(self, capacity: int = MODEL_CACHE) -> None:
-        self.capacity = capacity
-        self.items: OrderedDict[tuple[str, int], _Loaded] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, run: DemoRun) -> _Loaded:
-        key = run.key
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-            predictor = Predictor(run.path)
-            loaded = _Loaded(predictor, Explainer(predictor), threading.Lock())
-            self.items[key] = loaded
-            while len(self.items) > self.capacity:
-                self.items.popitem(last=False)
-            log.info("demo: loaded %s", run.path)
-            return loaded
 
 
 # ---------------------------------------------------------------------------------- handlers
@@ -299,18 +276,9 @@ def _caption(predictor: Predictor, label: str, score: float) -> str:
 def _scores_table(predictor: Predictor, scores: dict[str, float], predicted: list[str]) -> pd.DataFrame:
     rows = []
     for k, label in enumerate(predictor.labels):
-        if predictor.multilabel:
-            threshold = f"{predictor.thresholds[k]:.3f}"
-        else:
-            threshold = "top class"
-        rows.append(
-            {
-                "label": label,
-                "p": round(scores[label], 3),
-                "threshold": threshold,
-                "clears": "yes" if label in predicted else "no",
-            }
-        )
+        threshold = f"{predictor.thresholds[k]:.3f}" if predictor.multilabel else "top class"
+        clears = "yes" if label in predicted else "no"
+        rows.append({"label": label, "p": round(scores[label], 3), "threshold": threshold, "clears": clears})
     return pd.DataFrame(rows).sort_values("p", ascending=False, ignore_index=True)
 
 
@@ -346,7 +314,214 @@ def _gallery_table(folder: Path) -> pd.DataFrame:
     )
 
 
+def analyse(
+    state: DemoState, run_path: str, poster: Any
+) -> tuple[str, dict | None, pd.DataFrame | None, list]:
+    """A poster → the verdict, every label's probability, the table against thresholds, and the crop the
+    model saw followed by a Grad-CAM overlay per predicted label (the top one when none clears)."""
+    if poster is None:  # the input was cleared
+        return "", None, None, []
+    chosen = state.lookup(run_path)
+    source, name = _poster(poster)
+    loaded = state.models.get(chosen.path)
+    predictor = loaded.predictor
+    result = loaded.explainer.explain(source, labels=None, top_k=len(predictor.labels), name=name)
+    seen = to_poster_aspect(result.crop, result.original_size, predictor.preprocess)
+    items: list[tuple[Image.Image, str]] = [(seen, "model input")]
+    items += [
+        (overlay, _caption(predictor, label, result.scores[label]))
+        for label, overlay in result.overlays.items()
+    ]
+    return (
+        _verdict(predictor, result.scores, result.predicted, result.notes),
+        {label: float(p) for label, p in result.scores.items()},
+        _scores_table(predictor, result.scores, result.predicted),
+        items,
+    )
+
+
+def explain_labels(
+    state: DemoState, run_path: str, poster: Any, labels: list[str] | None, method: str
+) -> list:
+    """Grad-CAM of the chosen labels (the top one when none is chosen) with the chosen method."""
+    chosen = state.lookup(run_path)
+    source, name = _poster(poster)
+    if method not in DEMO_METHODS:
+        raise PosterlabError(f"unknown method {method!r}; choose one of: {', '.join(DEMO_METHODS)}")
+    loaded = state.models.get(chosen.path)
+    result = loaded.explainer.explain(
+        source, labels=list(labels) if labels else None, top_k=1, method=method, name=name
+    )
+    return [
+        (overlay, f"{method} · " + _caption(loaded.predictor, label, result.scores[label]))
+        for label, overlay in result.overlays.items()
+    ]
+
+
+def _ranked_side(loaded, table: pd.DataFrame, label: str) -> list[tuple[Image.Image, str]]:
+    items = []
+    for _, row in ranked_by_label(table, label, k=GALLERY_TOP).iterrows():
+        explanation = loaded.explainer.explain(row["image"], labels=[label], name=row["id"])
+        mark = "" if not row["truth"] else ("✓ " if row["truth"] == label else "✗ ")
+        items.append((explanation.overlays[label], f"{mark}{row[f'p:{label}']:.2f} {row['title']}"))
+    return items
+
+
+def fresh_rotten(state: DemoState, run_path: str | None) -> tuple[str, list, list]:
+    """The labelled gallery's posters a two-class model is surest about, each way, with Grad-CAM."""
+    if not run_path:
+        return (
+            "No fresh/rotten model here. Train one with `posterlab train --data sample-rt --target label "
+            "--out checkpoints/demo-fresh-rotten` and reload.",
+            [],
+            [],
+        )
+    chosen = state.lookup(run_path)
+    labels = tuple(chosen.model["rule"]["labels"])
+    if chosen.model["rule"]["task"] != "binary":
+        raise RunError(
+            f"{chosen.name}: is a {chosen.model['rule']['task']} model; this view needs a two-class one"
+        )
+    if state.gallery is None:
+        return "No labelled posters to rank here (the fresh/rotten sample is not bundled).", [], []
+    key = run_key(chosen.path)
+    with state.ranked_lock:
+        if key in state.ranked:
+            return state.ranked[key]
+    loaded = state.models.get(chosen.path)
+    table = _gallery_table(state.gallery)
+    probs, errors = loaded.predictor.score_paths(table["image"].tolist())
+    keep = [error is None for error in errors]
+    table = table[keep].reset_index(drop=True)
+    for k, label in enumerate(labels):
+        table[f"p:{label}"] = probs[keep][:, k]
+    sides = [_ranked_side(loaded, table, label) for label in labels]
+    note = (
+        small_data_note(chosen)
+        + f"\n\nThe {GALLERY_TOP} posters with the highest p({labels[0]}) and p({labels[1]}) "
+        f"among {len(table)} labelled sample posters; ✓ / ✗: their real label agrees / disagrees."
+    )
+    if (chosen.data or {}).get("dataset") == "sample-rt" and state.gallery == settings.SAMPLES["sample-rt"]:
+        note += " This run trained on part of them, so the ranking flatters it."
+    value = (note, sides[0], sides[1])
+    with state.ranked_lock:
+        state.ranked[key] = value
+    return value
+
+
+def on_model(state: DemoState, run_path: str) -> tuple[str, Any, Any]:
+    """The picked model's card, and its labels for the "explain any label" picker."""
+    try:
+        chosen = state.lookup(run_path)
+    except RunError as error:
+        return html.escape(str(error)), gr.update(choices=[], value=[]), gr.update()
+    return (
+        model_card(chosen),
+        gr.update(choices=list(chosen.model["rule"]["labels"]), value=[]),
+        gr.update(value=None),
+    )
+
+
+def refresh(state: DemoState, run_path: str | None, rt_path: str | None) -> tuple[Any, Any]:
+    """On a page load: the runs finished since, keeping each picker's choice when it is still there."""
+    every, binary = state.choices(), state.choices(binary=True)
+    paths = [value for _, value in every]
+    binary_paths = [value for _, value in binary]
+    return (
+        gr.update(choices=every, value=run_path if run_path in paths else (paths[0] if paths else None)),
+        gr.update(
+            choices=binary,
+            value=rt_path if rt_path in binary_paths else (binary_paths[0] if binary_paths else None),
+        ),
+    )
+
+
 # ------------------------------------------------------------------------------------------ app
+
+
+def _bind(handler: Callable, state: DemoState) -> Callable:
+    """``handler`` with the demo's state bound first, errors shown as one line (Gradio reads the rest of
+    the signature for its API)."""
+    bound = functools.partial(handler, state)
+    bound.__name__, bound.__doc__ = (
+        handler.__name__,
+        handler.__doc__,
+    )  # not __wrapped__: Gradio reads the signature
+    return _user_errors(bound)
+
+
+def _poster_tab(state: DemoState, first: Run) -> dict:
+    with gr.Row():
+        with gr.Column(scale=2, min_width=260):
+            poster = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Poster", height=420)
+            if state.examples:
+                gr.Examples(
+                    examples=[[str(p)] for p in state.examples],
+                    inputs=[poster],
+                    label="Example posters",
+                    example_labels=_example_titles(state.examples),
+                    examples_per_page=len(state.examples),
+                    cache_examples=False,
+                )
+        with gr.Column(scale=3):
+            verdict = gr.Markdown(elem_classes=["verdict"])
+            with gr.Row():
+                scores = gr.Label(label="Probabilities", show_label=True, scale=1)
+                table = gr.Dataframe(
+                    headers=["label", "p", "threshold", "clears"],
+                    label="Each label against its threshold",
+                    interactive=False,
+                    wrap=True,
+                    scale=1,
+                    column_widths=["34%", "18%", "26%", "22%"],
+                )
+            overlays = gr.Gallery(
+                label="Grad-CAM per predicted label, on the crop the model saw",
+                columns=5,
+                height="auto",
+                object_fit="contain",
+            )
+    with gr.Accordion("Explain any label", open=False):
+        with gr.Row():
+            pick = gr.Dropdown(
+                choices=list(first.model["rule"]["labels"]), multiselect=True, label="Labels", scale=3
+            )
+            method = gr.Dropdown(choices=list(DEMO_METHODS), value=DEMO_METHODS[0], label="Method")
+            explain_button = gr.Button("Explain", variant="primary")
+        picked = gr.Gallery(
+            label="Grad-CAM for the chosen labels", columns=4, height=320, object_fit="contain"
+        )
+    return {
+        "poster": poster,
+        "analysis": [verdict, scores, table, overlays],
+        "pick": pick,
+        "method": method,
+        "explain": explain_button,
+        "picked": picked,
+    }
+
+
+def _fresh_rotten_tab(state: DemoState) -> dict:
+    binaries = [r for r in state.runs.values() if r.model["rule"]["task"] == "binary"]
+    first_binary = binaries[0] if binaries else None
+    with gr.Tab("Fresh or rotten", visible=first_binary is not None or not state.fixed) as tab:
+        with gr.Row():
+            model = gr.Dropdown(
+                choices=[(title(r), str(r.path)) for r in binaries],
+                value=str(first_binary.path) if first_binary else None,
+                label="Two-class model",
+                scale=2,
+            )
+            button = gr.Button("Rank the sample posters", variant="primary")
+        note = gr.Markdown(
+            small_data_note(first_binary)
+            if first_binary
+            else "No fresh/rotten model here: train one with `posterlab train --data sample-rt --target label`."
+        )
+        sides = tuple(first_binary.model["rule"]["labels"]) if first_binary else ("fresh", "rotten")
+        most_a = gr.Gallery(label=f"Most {sides[0]}", columns=GALLERY_TOP, rows=1, height=360)
+        most_b = gr.Gallery(label=f"Most {sides[1]}", columns=GALLERY_TOP, rows=1, height=360)
+    return {"tab": tab, "model": model, "button": button, "outputs": [note, most_a, most_b]}
 
 
 def build_demo(
@@ -356,156 +531,14 @@ def build_demo(
     examples: list[Path] | None = None,
     gallery: Path | None = None,
 ) -> gr.Blocks:
-    """The demo app over ``run``, or over every completed run under ``checkpoints``.
-
-    ``examples`` are the clickable posters (default: a few from the embedded sample); ``gallery`` a folder
-    of labelled posters (``labels.csv`` + images) for the fresh-or-rotten view (default: the embedded
-    fresh/rotten sample). Raises ``RunError`` when there is no run to serve.
-    """
-    runs = find_runs(run, checkpoints)
-    fixed = run is not None
-    examples = example_posters() if examples is None else [Path(p) for p in examples]
-    if gallery is None and (settings.SAMPLES["sample-rt"] / "labels.csv").is_file():
-        gallery = settings.SAMPLES["sample-rt"]
-    models = _Models()
-    ranked: dict[tuple[str, int], tuple[str, list, list]] = {}
-    ranked_lock = threading.Lock()
-
-    known = {"runs": {str(r.path): r for r in runs}}  # replaced whole, never mutated: safe across threads
-
-    def current_runs() -> list[DemoRun]:
-        # the embedded demo lives as long as the workbench: runs trained since then appear on reload
-        if not fixed:
-            with contextlib.suppress(RunError):  # every run deleted meanwhile: keep serving the known ones
-                known["runs"] = {str(r.path): r for r in find_runs(None, checkpoints)}
-        return list(known["runs"].values())
-
-    def lookup(path: str | None) -> DemoRun:
-        if path and path not in known["runs"]:
-            current_runs()  # a run finished since the last look
-        if not path or path not in known["runs"]:
-            raise RunError(f"{path or 'no model'}: not one of this demo's runs; pick one from the list")
-        return known["runs"][path]
-
-    def choices(binary: bool = False) -> list[tuple[str, str]]:
-        return [(r.title, str(r.path)) for r in current_runs() if not binary or r.task == "binary"]
-
-    @_user_errors
-    def analyse(run_path: str, poster: Any) -> tuple[str, dict | None, pd.DataFrame | None, list]:
-        if poster is None:  # the input was cleared
-            return "", None, None, []
-        chosen = lookup(run_path)
-        source, name = _poster(poster)
-        loaded = models.get(chosen)
-        predictor = loaded.predictor
-        with loaded.lock:
-            result = loaded.explainer.explain(source, labels=None, top_k=len(predictor.labels), name=name)
-        seen = result.crop
-        if predictor.preprocess.fit != "crop":
-            from posterlab.explain import to_poster_aspect
-
-            seen = to_poster_aspect(seen, result.original_size, predictor.preprocess)
-        items: list[tuple[Image.Image, str]] = [(seen, "model input")]
-        items += [
-            (overlay, _caption(predictor, label, result.scores[label]))
-            for label, overlay in result.overlays.items()
-        ]
-        return (
-            _verdict(predictor, result.scores, result.predicted, result.notes),
-            {label: float(p) for label, p in result.scores.items()},
-            _scores_table(predictor, result.scores, result.predicted),
-            items,
-        )
-
-    @_user_errors
-    def explain_labels(run_path: str, poster: Any, labels: list[str] | None, method: str) -> list:
-        chosen = lookup(run_path)
-        source, name = _poster(poster)
-        if method not in CAM_METHODS:
-            raise PosterlabError(f"unknown method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
-        loaded = models.get(chosen)
-        with loaded.lock:
-            result = loaded.explainer.explain(
-                source, labels=list(labels) if labels else None, top_k=1, method=method, name=name
-            )
-        return [
-            (overlay, f"{method} · " + _caption(loaded.predictor, label, result.scores[label]))
-            for label, overlay in result.overlays.items()
-        ]
-
-    @_user_errors
-    def fresh_rotten(run_path: str | None) -> tuple[str, list, list]:
-        if not run_path:
-            return (
-                "No fresh/rotten model here. Train one with `posterlab train --data sample-rt --target label "
-                "--out checkpoints/demo-fresh-rotten` and reload.",
-                [],
-                [],
-            )
-        chosen = lookup(run_path)
-        if chosen.task != "binary":
-            raise RunError(f"{chosen.name}: is a {chosen.task} model; this view needs a two-class one")
-        if gallery is None:
-            return "No labelled posters to rank here (the fresh/rotten sample is not bundled).", [], []
-        with ranked_lock:
-            if chosen.key in ranked:
-                return ranked[chosen.key]
-        loaded = models.get(chosen)
-        table = _gallery_table(gallery)
-        with loaded.lock:
-            results = loaded.predictor.predict(table["image"].tolist(), names=table["id"].tolist())
-            keep = [r.ok for r in results]
-            table = table[keep].reset_index(drop=True)
-            for label in chosen.labels:
-                table[f"p:{label}"] = [r.scores[label] for r in results if r.ok]
-            sides = []
-            for label in chosen.labels:
-                top = ranked_by_label(table, label, k=GALLERY_TOP)
-                items = []
-                for _, row in top.iterrows():
-                    explanation = loaded.explainer.explain(row["image"], labels=[label], name=row["id"])
-                    mark = "" if not row["truth"] else ("✓ " if row["truth"] == label else "✗ ")
-                    caption = f"{mark}{row[f'p:{label}']:.2f} {row['title']}"
-                    items.append((explanation.overlays[label], caption))
-                sides.append(items)
-        note = (
-            small_data_note(chosen)
-            + f"\n\nThe {GALLERY_TOP} posters with the highest p({chosen.labels[0]}) and p({chosen.labels[1]}) "
-            f"among {len(table)} labelled sample posters; ✓ / ✗: their real label agrees / disagrees."
-        )
-        if (chosen.data or {}).get("dataset") == "sample-rt" and gallery == settings.SAMPLES["sample-rt"]:
-            note += " This run trained on part of them, so the ranking flatters it."
-        value = (note, sides[0], sides[1])
-        with ranked_lock:
-            ranked[chosen.key] = value
-        return value
-
-    def on_model(run_path: str) -> tuple[str, Any, Any]:
-        try:
-            chosen = lookup(run_path)
-        except RunError as error:
-            return html.escape(str(error)), gr.update(choices=[], value=[]), gr.update()
-        return model_card(chosen), gr.update(choices=list(chosen.labels), value=[]), gr.update(value=None)
-
-    def refresh(run_path: str | None, rt_path: str | None) -> tuple[Any, Any]:
-        every, binary = choices(), choices(binary=True)
-        paths = [value for _, value in every]
-        binary_paths = [value for _, value in binary]
-        return (
-            gr.update(choices=every, value=run_path if run_path in paths else (paths[0] if paths else None)),
-            gr.update(
-                choices=binary,
-                value=rt_path if rt_path in binary_paths else (binary_paths[0] if binary_paths else None),
-            ),
-        )
-
-    first = runs[0]
-    first_binary = next((r for r in runs if r.task == "binary"), None)
-    try:  # the first visitor should not wait for the model to load
-        models.get(first)
-    except PosterlabError as error:
-        log.warning("demo: %s", error)
-
+    """The demo app over ``run``, or over every completed run under ``checkpoints``: layout and wiring
+    only (the handlers above do the work). ``examples`` are the clickable posters (default: a few from
+    the embedded sample); ``gallery`` a folder of labelled posters for the fresh-or-rotten view (default:
+    the embedded fresh/rotten sample). Raises ``RunError`` when there is no run to serve."""
+    state = DemoState(run, checkpoints, examples, gallery)
+    first = next(iter(state.runs.values()))
+    with contextlib.suppress(PosterlabError):  # the first visitor should not wait for the model to load
+        state.models.get(first.path)
     heavy = {"concurrency_limit": CONCURRENCY, "concurrency_id": "model"}
     with gr.Blocks(title="posterlab demo", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
         gr.Markdown(
@@ -515,93 +548,56 @@ def build_demo(
         )
         with gr.Row():
             model = gr.Dropdown(
-                choices=[(r.title, str(r.path)) for r in runs],
+                choices=state.choices(),
                 value=str(first.path),
                 label="Model",
-                interactive=not fixed,
+                interactive=not state.fixed,
                 scale=2,
             )
             card = gr.Markdown(model_card(first))
         with gr.Tabs():
             with gr.Tab("Poster"):
-                with gr.Row():
-                    with gr.Column(scale=2, min_width=260):
-                        poster = gr.Image(
-                            type="filepath", sources=["upload", "clipboard"], label="Poster", height=420
-                        )
-                        if examples:
-                            gr.Examples(
-                                examples=[[str(p)] for p in examples],
-                                inputs=[poster],
-                                label="Example posters",
-                                example_labels=_example_titles(examples),
-                                examples_per_page=len(examples),
-                                cache_examples=False,
-                            )
-                    with gr.Column(scale=3):
-                        verdict = gr.Markdown(elem_classes=["verdict"])
-                        with gr.Row():
-                            scores = gr.Label(label="Probabilities", show_label=True)
-                            table = gr.Dataframe(
-                                headers=["label", "p", "threshold", "clears"],
-                                label="Each label against its threshold",
-                                interactive=False,
-                                wrap=True,
-                            )
-                        overlays = gr.Gallery(
-                            label="Grad-CAM per predicted label, on the crop the model saw",
-                            columns=5,
-                            height="auto",
-                            object_fit="contain",
-                        )
-                with gr.Accordion("Explain any label", open=False):
-                    with gr.Row():
-                        pick = gr.Dropdown(
-                            choices=list(first.labels), multiselect=True, label="Labels", scale=3
-                        )
-                        method = gr.Dropdown(choices=list(CAM_METHODS), value="gradcam", label="Method")
-                        explain_button = gr.Button("Explain", variant="primary")
-                    picked = gr.Gallery(label="Grad-CAM for the chosen labels", columns=4, height="auto")
-            # a Space bundled with a genre model has no two-class run to show here
-            with gr.Tab("Fresh or rotten", visible=first_binary is not None or not fixed) as rt_tab:
-                with gr.Row():
-                    rt_model = gr.Dropdown(
-                        choices=[(r.title, str(r.path)) for r in runs if r.task == "binary"],
-                        value=str(first_binary.path) if first_binary else None,
-                        label="Two-class model",
-                        scale=2,
-                    )
-                    rt_button = gr.Button("Rank the sample posters", variant="primary")
-                rt_note = gr.Markdown(
-                    small_data_note(first_binary)
-                    if first_binary
-                    else "No fresh/rotten model here: train one with "
-                    "`posterlab train --data sample-rt --target label`."
-                )
-                side_labels = first_binary.labels if first_binary else ("fresh", "rotten")
-                most_a = gr.Gallery(label=f"Most {side_labels[0]}", columns=GALLERY_TOP, rows=1, height=360)
-                most_b = gr.Gallery(label=f"Most {side_labels[1]}", columns=GALLERY_TOP, rows=1, height=360)
+                poster_tab = _poster_tab(state, first)
+            rt = _fresh_rotten_tab(state)
             with gr.Tab("About"):
                 gr.Markdown(_ABOUT)
-
-        analysis = [verdict, scores, table, overlays]
-        poster.change(analyse, [model, poster], analysis, api_name="analyse", preprocess=False, **heavy)
-        model.change(on_model, model, [card, pick, picked], queue=False, api_visibility="private").then(
-            analyse, [model, poster], analysis, preprocess=False, api_visibility="private", **heavy
+        poster, analysis = poster_tab["poster"], poster_tab["analysis"]
+        poster.change(
+            _bind(analyse, state), [model, poster], analysis, api_name="analyse", preprocess=False, **heavy
         )
-        explain_button.click(
-            explain_labels,
-            [model, poster, pick, method],
-            picked,
+        model.change(
+            _bind(on_model, state),
+            model,
+            [card, poster_tab["pick"], poster_tab["picked"]],
+            queue=False,
+            api_visibility="private",
+        ).then(
+            _bind(analyse, state),
+            [model, poster],
+            analysis,
+            preprocess=False,
+            api_visibility="private",
+            **heavy,
+        )
+        poster_tab["explain"].click(
+            _bind(explain_labels, state),
+            [model, poster, poster_tab["pick"], poster_tab["method"]],
+            poster_tab["picked"],
             api_name="explain",
             preprocess=False,
             **heavy,
         )
-        rt_outputs = [rt_note, most_a, most_b]
-        rt_button.click(fresh_rotten, rt_model, rt_outputs, api_name="fresh_rotten", **heavy)
-        rt_tab.select(fresh_rotten, rt_model, rt_outputs, api_visibility="private", **heavy)
-        rt_model.change(fresh_rotten, rt_model, rt_outputs, api_visibility="private", **heavy)
-        demo.load(refresh, [model, rt_model], [model, rt_model], queue=False, api_visibility="private")
+        ranking = _bind(fresh_rotten, state)
+        rt["button"].click(ranking, rt["model"], rt["outputs"], api_name="fresh_rotten", **heavy)
+        rt["tab"].select(ranking, rt["model"], rt["outputs"], api_visibility="private", **heavy)
+        rt["model"].change(ranking, rt["model"], rt["outputs"], api_visibility="private", **heavy)
+        demo.load(
+            _bind(refresh, state),
+            [model, rt["model"]],
+            [model, rt["model"]],
+            queue=False,
+            api_visibility="private",
+        )
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
@@ -654,40 +650,22 @@ def launch(
         raise PosterlabError(f"cannot serve the demo on port {port} ({error}); pass another --port") from None
 
 
-class _Background:
-    """Demo servers started by ``serve_in_background``: one per checkpoints folder, for the process.
+def serve_in_background(
+    checkpoints: Path, host: str | None = None, port: int | None = None
+) -> tuple[gr.Blocks, int]:
+    """Start the demo over ``checkpoints`` without blocking; returns it and the port it listens on.
 
-    Deliberately process-wide: every workbench session embeds the same server, and nothing in it is
-    specific to a user (each browser gets its own Gradio session).
+    ``host`` is the interface to bind (None: loopback only; ``0.0.0.0``: every interface, for browsers on
+    other machines); ``port`` None lets Gradio pick a free one from 7860 up (or ``GRADIO_SERVER_PORT``).
+    The caller keeps the server (the workbench: once per process, through ``st.cache_resource``).
     """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.urls: dict[str, str] = {}
-        self.demos: dict[str, gr.Blocks] = {}
-
-
-_BACKGROUND = _Background()
-
-
-def serve_in_background(checkpoints: Path, port: int | None = None) -> str:
-    """Start the demo over ``checkpoints`` without blocking (once per process) and return its local URL.
-
-    A later call with the same folder returns the same URL. ``port`` None lets Gradio pick a free one
-    from 7860 up (or ``GRADIO_SERVER_PORT``).
-    """
-    key = str(Path(checkpoints).resolve())
-    with _BACKGROUND.lock:
-        if key in _BACKGROUND.urls:
-            return _BACKGROUND.urls[key]
-        demo = build_demo(checkpoints=Path(checkpoints))
-        try:
-            _, url, _ = demo.launch(**launch_options(port=port), prevent_thread_lock=True, quiet=True)
-        except OSError as error:
-            raise PosterlabError(
-                f"cannot start the demo{f' on port {port}' if port else ''} ({error}); free the port or pick another"
-            ) from None
-        _BACKGROUND.urls[key] = url
-        _BACKGROUND.demos[key] = demo
-        log.info("demo: serving %s at %s", key, url)
-        return url
+    demo = build_demo(checkpoints=Path(checkpoints))
+    try:
+        _, url, _ = demo.launch(**launch_options(host=host, port=port), prevent_thread_lock=True, quiet=True)
+    except OSError as error:
+        where = f" on port {port}" if port else ""
+        raise PosterlabError(
+            f"cannot start the demo{where} ({error}); free the port or pick another"
+        ) from None
+    log.info("demo: serving %s at %s", checkpoints, url)
+    return demo, int(demo.server_port)

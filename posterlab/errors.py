@@ -7,6 +7,19 @@ raises it as ``gr.Error``. Nothing below the edges formats tracebacks for users.
 from __future__ import annotations
 
 
+def one_line(error: BaseException, limit: int = 300, typed: bool = True) -> str:
+    """The first line of an error's message (its type name when the message is empty).
+
+    posterlab's own errors are one line that names the fix; a library's error is cut to its first line,
+    prefixed with its type (unless ``typed`` is False) so that it still says what kind of failure it was.
+    """
+    text = str(error).strip()
+    first = text.splitlines()[0][:limit] if text else ""
+    if isinstance(error, PosterlabError) or (first and not typed):
+        return first or type(error).__name__
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 class PosterlabError(Exception):
     """Base class for errors that users can act on."""
 

@@ -3,6 +3,8 @@ the background manager's snapshot) decide what to do with them. Sinks never call
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,5 +66,44 @@ def ignore(_: Event) -> None:
     """The default sink."""
 
 
+def never() -> bool:
+    """The default stop request: none."""
+    return False
+
+
 class StopRequested(Exception):
-    """Raised inside the loop at a batch boundary when a stop was asked for; handled by the trainer."""
+    """Raised at a safe point (a batch boundary) when a stop was asked for; handled by the trainer."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """How a long job reports (``on_event``) and learns that it should stop (``should_stop``)."""
+
+    on_event: EventSink = ignore
+    should_stop: Callable[[], bool] = never
+
+    def emit(self, event: Event) -> None:
+        self.on_event(event)
+
+    def check(self) -> None:
+        """Raise ``StopRequested`` when a stop was asked for."""
+        if self.should_stop():
+            raise StopRequested()
+
+
+_KINDS = {kind.__name__: kind for kind in (Started, Progress, EpochEnd, Message, Finished)}
+
+
+def to_json(event: Event) -> str:
+    """One line of an event log: the event's fields and its ``type``."""
+    return json.dumps({"type": type(event).__name__, **dataclasses.asdict(event)}, allow_nan=True)
+
+
+def from_json(line: str) -> Event | None:
+    """An event back from ``to_json`` (None for a line that is not one, e.g. cut short by a crash)."""
+    try:
+        values = json.loads(line)
+        kind = _KINDS[values.pop("type")]
+        return kind(**values)
+    except (ValueError, KeyError, TypeError):
+        return None

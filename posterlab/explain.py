@@ -4,7 +4,8 @@ Targets are logits: one per requested label for multi-label (the sigmoid's input
 multi-class, and for two classes the logit difference (``why fresh`` = fresh − rotten, ``why rotten``
 the reverse), since a softmax over two classes only depends on that difference. The target layer comes
 from the registry; ViT token maps are reshaped with the model's own patch grid. Hooks are released
-after every call (``with`` block).
+after every call (``with`` block), and every call holds the predictor's ``lock``: one ``Explainer`` serves
+many threads.
 """
 
 from __future__ import annotations
@@ -15,24 +16,46 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
+from posterlab.config import CAM_METHODS, SLOW_CAM_METHODS
+from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.errors import ConfigError
 from posterlab.inference import ImageInput, Predictor
 from posterlab.models.factory import feature_levels, get_module
 from posterlab.models.registry import get_backbone
 
-METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
-    "layercam": LayerCAM,
-}
+METHODS = CAM_METHODS
+SLOW_METHODS = SLOW_CAM_METHODS
+SCORECAM_BATCH = 64  # masked copies of the poster per forward pass (pytorch-grad-cam's batch_size)
+
+
+class _Quiet:
+    """Stands in for the ``tqdm`` module inside pytorch-grad-cam's Score-CAM, whose progress bar per
+    call would otherwise go to stderr (the app's log, the CLI's terminal): posterlab reports progress
+    itself."""
+
+    @staticmethod
+    def tqdm(iterable, *args, **kwargs):
+        return iterable
+
+
+def _cam_class(method: str):
+    """pytorch-grad-cam's class for ``method`` (imported when first needed)."""
+    import pytorch_grad_cam as cams
+    import pytorch_grad_cam.score_cam as score_cam
+
+    score_cam.tqdm = _Quiet
+
+    return {
+        "gradcam": cams.GradCAM,
+        "gradcam++": cams.GradCAMPlusPlus,
+        "hirescam": cams.HiResCAM,
+        "eigencam": cams.EigenCAM,
+        "scorecam": cams.ScoreCAM,
+        "layercam": cams.LayerCAM,
+    }[method]
 
 
 class LogitTarget:
@@ -87,6 +110,17 @@ def to_poster_aspect(image: Image.Image, original: tuple[int, int], preprocess: 
     return image
 
 
+def blend(crop: Image.Image, heat: np.ndarray) -> Image.Image:
+    """A 0..1 heatmap (any size) drawn over ``crop`` in the jet colormap: every overlay posterlab shows."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    base = np.asarray(crop.convert("RGB"), dtype=np.float32) / 255.0
+    if heat.shape != base.shape[:2]:
+        resized = Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(crop.size, Image.BILINEAR)
+        heat = np.asarray(resized, dtype=np.float32) / 255.0
+    return Image.fromarray(show_cam_on_image(base, heat.astype(np.float32), use_rgb=True, image_weight=0.55))
+
+
 @dataclass
 class Explanation:
     """Scores for a poster and, per explained label, its heatmap (0..1, model input size) and overlay."""
@@ -102,7 +136,8 @@ class Explanation:
 
 
 class Explainer:
-    """Grad-CAM for a ``Predictor``'s model. Build once per predictor; each call hooks and unhooks."""
+    """Grad-CAM for a ``Predictor``'s model. Build once per predictor; each call hooks and unhooks, holding
+    the predictor's lock."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -127,15 +162,16 @@ class Explainer:
         if method not in METHODS:
             raise ConfigError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
         batch = tensor[None].repeat(len(labels), 1, 1, 1)
-        cam_class = METHODS[method]
+        cam_class = _cam_class(method)
         with (
+            self.predictor.lock,
             torch.enable_grad(),
             cam_class(model=self.model, target_layers=[self.layer], reshape_transform=self.reshape) as cam,
         ):
             # a leaf that requires grad makes activations carry gradients even when the backbone is frozen
             cam.compute_input_gradient = True
             if method == "scorecam":
-                cam.batch_size = 32
+                cam.batch_size = SCORECAM_BATCH
             maps = cam(input_tensor=batch, targets=self.targets(labels))
         return np.nan_to_num(maps.astype(np.float32))
 
@@ -148,8 +184,6 @@ class Explainer:
         name: str | None = None,
     ) -> Explanation:
         """Scores, and a map + overlay for each of ``labels`` (default: the predicted ones, else the top one)."""
-        from posterlab.data.images import load_image
-
         loaded = load_image(image, name=name)
         crop, views = self.predictor.fitted(loaded.image)
         probs = self.predictor.probabilities(views[None])[0]  # the scores a prediction gives
@@ -160,12 +194,11 @@ class Explainer:
             ranked = sorted(scores, key=lambda k: -scores[k])
             labels = [label for label in ranked if label in predicted][:top_k] or ranked[:1]
         maps = self.heatmaps(tensor, labels, method)
-        base = np.asarray(crop.convert("RGB"), dtype=np.float32) / 255.0
         result = Explanation(
             crop, scores, predicted, method=method, notes=loaded.notes, original_size=loaded.image.size
         )
         for label, heat in zip(labels, maps, strict=True):
-            overlay = Image.fromarray(show_cam_on_image(base, heat, use_rgb=True, image_weight=0.55))
+            overlay = blend(crop, heat)
             result.heatmaps[label] = heat
             result.overlays[label] = to_poster_aspect(overlay, loaded.image.size, self.predictor.preprocess)
         return result
@@ -181,13 +214,14 @@ def activation_maps(
     name = names[level]
     module = get_module(backbone, name)
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
-    try:
-        _, views, _ = predictor.prepare(image)
-        with torch.inference_mode():
-            predictor.model(views[:1])
-    finally:
-        handle.remove()
+    _, views, _ = predictor.prepare(image)
+    with predictor.lock:  # the hook must see this forward pass only
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().cpu()))
+        try:
+            with torch.inference_mode():
+                predictor.model(views[:1].to(predictor.device))
+        finally:
+            handle.remove()
     output = captured[0][0].float()
     if output.ndim == 2:  # ViT tokens → grid
         reshape = vit_reshape(backbone)

@@ -19,14 +19,12 @@ when ONNX Runtime reproduces torch on real posters; written as ``RUN/model.onnx`
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import logging
 import os
 import platform
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from string import Template
@@ -36,10 +34,10 @@ import pandas as pd
 import torch
 
 from posterlab import settings
-from posterlab.errors import ModelError, PosterlabError, RunError
+from posterlab.errors import ModelError, PosterlabError, RunError, one_line
 from posterlab.inference import Predictor, load_model_folder
 from posterlab.models.onnx import torchscript_onnx
-from posterlab.runs import read_json
+from posterlab.runs import PICKLE_SUFFIXES, read_json
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +67,8 @@ EXAMPLE_IDS = (
     "tt0098678",  # Worth Winning
 )
 TEMPLATES = Path(__file__).resolve().parent / "space_template"
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".pyc")
-# Import names whose distribution name differs and that packages_distributions() may not resolve.
-KNOWN_DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn", "pytorch_grad_cam": "grad-cam"}
+# the workbench's own dependencies: a Space runs the Gradio demo only
+WORKBENCH_ONLY = ("streamlit", "plotly")
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -188,105 +185,33 @@ def export_onnx(
 # --------------------------------------------------------------------------------------- Space bundle
 
 
-def _distribution(module: str, index: dict[str, list[str]]) -> str | None:
-    """The installed distribution that provides top-level ``module`` (None when it is not installed)."""
-    if module in KNOWN_DISTRIBUTIONS:
-        return KNOWN_DISTRIBUTIONS[module]
-    names = index.get(module) or []
-    return names[0] if names else None
+def space_requirements() -> list[str]:
+    """``name==version`` for what a Space needs: posterlab's own dependencies (its package metadata)
+    without those only the Streamlit workbench uses, pinned to the versions installed here.
 
+    Local version labels (``+cu132``) are dropped: the Space installs from PyPI."""
+    from packaging.requirements import Requirement
 
-def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return any(isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds)
-
-
-def _optional(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    """An import inside ``try: ... except ImportError`` is optional: the code runs without it."""
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
-            return True
-    return False
-
-
-def imported_modules(entry: Path, package_root: Path) -> tuple[set[str], set[str]]:
-    """Follow the imports of ``entry`` through the ``posterlab`` package under ``package_root``.
-
-    Every import counts, including those inside functions (they run when the function does), except
-    optional ones guarded by ``except ImportError``. Returns (posterlab modules reached, third-party
-    top-level names).
-    """
-    seen: set[str] = set()
-    external: set[str] = set()
-    stdlib = set(sys.stdlib_module_names)
-
-    def source_of(module: str) -> Path | None:
-        base = package_root.joinpath(*module.split("."))
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    def visit(path: Path, module: str) -> None:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative import
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    stem = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    stem = node.module or ""
-                names = [stem] + [f"{stem}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            if _optional(node, parents):
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top == "posterlab":
-                    enqueue(name)
-                elif top and top not in stdlib and top != "__future__":
-                    external.add(top)
-
-    def enqueue(module: str) -> None:
-        # ``from posterlab.x import y`` names a module or an attribute; import the packages on the way too
-        parts = module.split(".")
-        for end in range(1, len(parts) + 1):
-            name = ".".join(parts[:end])
-            if name in seen:
-                continue
-            path = source_of(name)
-            if path is None:
-                continue
-            seen.add(name)
-            visit(path, name)
-
-    visit(entry, "__main__")
-    return seen, external
-
-
-def pinned_requirements(entry: Path, package_root: Path) -> list[str]:
-    """``name==version`` for each third-party distribution the bundle imports, as installed here.
-
-    Local version labels (``+cu132``) are dropped: the Space installs from PyPI.
-    """
-    _, external = imported_modules(entry, package_root)
-    index = importlib.metadata.packages_distributions()
+    try:
+        requires = importlib.metadata.requires("posterlab") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise PosterlabError(
+            "posterlab is not installed (pip install -e .); its metadata lists what a Space needs"
+        ) from None
     lines = {}
-    for module in sorted(external):
-        dist = _distribution(module, index)
-        if dist is None:
+    for text in requires:
+        requirement = Requirement(text)
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue
+        if requirement.name.lower() in WORKBENCH_ONLY:
+            continue
+        try:
+            version = importlib.metadata.version(requirement.name).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
             raise PosterlabError(
-                f"the bundle imports {module!r}, which is not installed here; install it and export again"
-            )
-        version = importlib.metadata.version(dist).split("+")[0]
-        lines[dist.lower()] = f"{dist}=={version}"
+                f"{requirement.name} is not installed here; pip install -e . and export again"
+            ) from None
+        lines[requirement.name.lower()] = f"{requirement.name}=={version}"
     return [lines[k] for k in sorted(lines)]
 
 
@@ -394,9 +319,9 @@ def export_space(run: str | Path, out: Path) -> Path:
         for template in ("app.py", "README.md"):
             text = Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
             (bundle / template).write_text(text, encoding="utf-8")
-        requirements = pinned_requirements(bundle / "app.py", bundle)
+        requirements = space_requirements()
         (bundle / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        stray = [p for p in bundle.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+        stray = [p for p in bundle.rglob("*") if p.suffix in (*PICKLE_SUFFIXES, ".pyc")]
         if stray:
             raise RunError(f"{stray[0]}: a pickled file would ship in the bundle; remove it from {run}")
         if out.exists():
@@ -436,9 +361,7 @@ def push_space(folder: str | Path, repo_id: str) -> str:
             commit_message="posterlab export",
         )
     except Exception as error:  # huggingface_hub raises HTTP, offline and auth errors of many types
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PosterlabError(
-            f"could not push to the Space {repo_id} ({type(error).__name__}: {first}); "
-            "check the token's write access and the network"
+            f"could not push to the Space {repo_id} ({one_line(error)}); check the token's write access and the network"
         ) from None
     return f"https://huggingface.co/spaces/{repo_id}"

@@ -11,7 +11,10 @@
       metrics.json       validation and test metrics beside their baselines, per-label tables
       predictions.csv    validation and test scores per poster (for charts and galleries)
       split.json         which movie went to which split
-      resume.*           optimizer state while a run can still be resumed (safetensors + JSON)
+      events.jsonl       every progress event, one JSON object a line, appended as the run goes (rank 0)
+      resume.safetensors weights, optimizer state and progress while a run can still be resumed (one
+                         file, so a crash never leaves half a checkpoint)
+      stop.request       present while a stop was asked for (the app's Stop for multi-process runs)
 """
 
 from __future__ import annotations
@@ -32,34 +35,38 @@ from safetensors.torch import load_file, save_file
 
 from posterlab import settings
 from posterlab.config import RunConfig, from_dict
-from posterlab.errors import RunError
+from posterlab.errors import RunError, one_line
 from posterlab.models.factory import check_safetensors
 
 STATUSES = ("running", "completed", "stopped", "failed")
 HEARTBEAT_STALE_S = 300
+# files that would be unpickled by torch.load & co.: never opened, and named in the error instead
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+STOP_FILE = "stop.request"
+EVENTS_FILE = "events.jsonl"
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _clean_json(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """NaN/inf are not JSON; write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean_json(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
+        return [finite(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _clean_json(value.item())
+        return finite(value.item())
     return value
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(_clean_json(data), indent=2, allow_nan=False))
+    temporary.write_text(json.dumps(finite(data), indent=2, allow_nan=False))
     os.replace(temporary, path)
 
 
@@ -90,7 +97,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for malformed files
         raise RunError(
-            f"{path}: unreadable safetensors file ({str(error).splitlines()[0]}); re-save the weights"
+            f"{path}: unreadable safetensors file ({one_line(error, typed=False)}); re-save the weights"
         ) from None
 
 
@@ -101,10 +108,14 @@ def new_run_id(config: RunConfig) -> str:
 
 
 class RunFolder:
-    """Writes one run's files. Only the training code writes; everything else reads via ``load_run``."""
+    """Writes one run's files. Only the training code writes; everything else reads via ``load_run``.
 
-    def __init__(self, path: Path) -> None:
+    ``writes=False`` (the other processes of a distributed run) makes every write a no-op: rank 0 alone
+    writes the run folder."""
+
+    def __init__(self, path: Path, writes: bool = True) -> None:
         self.path = Path(path)
+        self.writes = writes
 
     @classmethod
     def create(cls, root: Path, config: RunConfig, environment: dict[str, Any]) -> RunFolder:
@@ -120,6 +131,8 @@ class RunFolder:
 
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES
+        if not self.writes:
+            return
         current = {}
         if (self.path / "status.json").exists():
             current = read_json(self.path / "status.json")
@@ -130,14 +143,36 @@ class RunFolder:
         write_json(self.path / "status.json", current)
 
     def write(self, name: str, data: Any) -> None:
-        write_json(self.path / name, data)
+        if self.writes:
+            write_json(self.path / name, data)
+
+    def append_event(self, line: str) -> None:
+        """One line of the event log (appended and flushed: a reader never sees half a line for long)."""
+        if self.writes:
+            with open(self.path / EVENTS_FILE, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+    def request_stop(self) -> None:
+        """Ask the run's processes to stop at their next batch boundary."""
+        (self.path / STOP_FILE).touch()
+
+    def stop_requested(self) -> bool:
+        return (self.path / STOP_FILE).exists()
+
+    def clear_stop(self) -> None:
+        if self.writes:
+            (self.path / STOP_FILE).unlink(missing_ok=True)
 
     def save_weights(self, state: dict[str, torch.Tensor], dtype: str = "float32") -> None:
+        if not self.writes:
+            return
         cast = torch.float16 if dtype == "float16" else torch.float32
         tensors = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in state.items()}
         save_tensors(self.path / "model.safetensors", tensors, metadata={"format": "pt", "dtype": dtype})
 
     def write_predictions(self, frame: pd.DataFrame) -> None:
+        if not self.writes:
+            return
         temporary = self.path / f".predictions.csv.{os.getpid()}.tmp"
         frame.to_csv(temporary, index=False)
         os.replace(temporary, self.path / "predictions.csv")
@@ -162,6 +197,7 @@ class Run:
     model: dict | None = None
     metrics: dict | None = None
     history: list[dict] = field(default_factory=list)
+    data: dict | None = None  # data.json: what the run was trained on (sizes, counts, cleaning)
 
     @property
     def name(self) -> str:
@@ -179,6 +215,14 @@ class Run:
         table = pd.read_csv(path, dtype={"id": str, "split": str, "truth": str})
         table["image"] = table["image"].map(locate_image)
         return table
+
+
+def read_splits(path: str | Path) -> dict[str, set[str]]:
+    """A run's split (``split.json``: split name → poster ids); empty for folders without one (bundles)."""
+    file = Path(path) / "split.json"
+    if not file.is_file():
+        return {}
+    return {name: {str(i) for i in ids} for name, ids in read_json(file).items()}
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -229,7 +273,7 @@ def load_run(path: str | Path) -> Run:
         raise RunError(
             f"{path}: no such run folder; list runs with the app's Compare page or ls checkpoints/"
         )
-    stray = [p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")]
+    stray = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if stray and not (path / "model.safetensors").exists():
         raise RunError(
             f"{path}: holds {', '.join(stray)} but no model.safetensors; posterlab never unpickles checkpoints "
@@ -248,7 +292,10 @@ def load_run(path: str | Path) -> Run:
     model = read_json(path / "model.json") if (path / "model.json").exists() else None
     metrics = read_json(path / "metrics.json") if (path / "metrics.json").exists() else None
     history = read_json(path / "history.json") if (path / "history.json").exists() else []
-    return Run(path, config, raw.get("environment", {}), _effective_status(status), model, metrics, history)
+    data = read_json(path / "data.json") if (path / "data.json").exists() else None
+    return Run(
+        path, config, raw.get("environment", {}), _effective_status(status), model, metrics, history, data
+    )
 
 
 def list_runs(root: str | Path) -> list[Run]:

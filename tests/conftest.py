@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,13 @@ MULTILABEL_METRICS = {
     "hit_at_1",
 }
 SINGLE_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (on loopback: tests never use another address)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def lite0_weights() -> Path | None:

@@ -49,7 +49,7 @@ def checkpoints(tmp_path: Path, monkeypatch, genre_run: Path, binary_run: Path) 
 def fake_demo(monkeypatch) -> types.ModuleType:
     """Stand in for ``posterlab.demo`` (the real one launches a Gradio server: tested with the demo)."""
     module = types.ModuleType("posterlab.demo")
-    module.serve_in_background = lambda checkpoints, port=None: "http://127.0.0.1:7999/"
+    module.serve_in_background = lambda checkpoints, host=None, port=None: (object(), 7999)
     monkeypatch.setitem(sys.modules, "posterlab.demo", module)
     return module
 
@@ -119,6 +119,7 @@ def small_run(at: AppTest, name: str, epochs: int = 1, patience: int = 6) -> Non
     at.number_input(key="train_patience").set_value(patience)
     at.number_input(key="train_limit").set_value(60)
     at.number_input(key="train_batch").set_value(16)
+    at.radio(key=f"{SAMPLE}_how").set_value("top").run()
     at.number_input(key=f"{SAMPLE}_top").set_value(4)
     at.text_input(key="train_name").input(name)
     at.run()
@@ -165,13 +166,29 @@ def test_every_page_renders_on_the_embedded_sample(app) -> None:
         assert not app.error, (name, texts(app.error))
 
 
+def test_the_train_form_starts_from_the_config_defaults(app) -> None:
+    """Every field of the form's config, untouched, is the dataclasses' default (the CLI's too)."""
+    from posterlab.config import DataConfig, RunConfig, leaves, to_dict
+
+    page(app, "train")
+    shown = json.loads(app.json[0].value)  # "The run's config.json"
+    expected = json.loads(json.dumps(to_dict(RunConfig(DataConfig(path="sample")))))
+    for path, _ in leaves(RunConfig):
+        got, want = shown, expected
+        for part in path.split("."):
+            got, want = got[part], want[part]
+        assert got == want, path
+    assert app.selectbox(key="train_optimizer").options == ["adamw", "sgd"]  # the config's choices
+
+
 def test_dataset_selection_and_balancing(app) -> None:
     """Top-N, pick, Other and merges change the labels; undersampling shows before/after; Train shares it."""
     page(app, "dataset")
     assert app.radio(key=f"{SAMPLE}_target").value == "genres"
-    assert app.radio(key=f"{SAMPLE}_how").value == "top"  # top-6 genres by default
-    assert "multi-label over 6 labels: Drama, Comedy" in " ".join(texts(app.caption))
+    assert app.radio(key=f"{SAMPLE}_how").value == "all"  # LabelConfig's default: every genre
     assert app.get("plotly_chart"), "genre counts, cardinality and co-occurrence charts"
+    app.radio(key=f"{SAMPLE}_how").set_value("top").run()
+    assert "multi-label over 6 labels: Drama, Comedy" in " ".join(texts(app.caption))  # Top N offers 6
 
     app.number_input(key=f"{SAMPLE}_top").set_value(3).run()
     assert "multi-label over 3 labels: Drama, Comedy, Action" in " ".join(texts(app.caption))
@@ -222,7 +239,7 @@ def test_fresh_rotten_sample_and_threshold_target(app) -> None:
     assert "binary: tomatometer>=60 vs tomatometer<60" in " ".join(texts(app.caption))
     page(app, "train")  # a single-label target: the validation metric to watch is one of its own
     watched = app.selectbox(key="train_monitor_balanced_accuracy")
-    assert watched.value == "balanced_accuracy" and "map" not in watched.options
+    assert watched.value == "auto" and "balanced_accuracy" in watched.options and "map" not in watched.options
 
 
 def test_train_in_the_background_then_compare(app, checkpoints) -> None:
@@ -413,12 +430,15 @@ def test_demo_page_embeds_the_demo_or_says_why_not(app, fake_demo, monkeypatch) 
     page(app, "demo")
     assert app.get("iframe") and not app.error
 
-    def broken(checkpoints: Path, port: int | None = None) -> str:
+    def broken(checkpoints: Path, host: str | None = None, port: int | None = None) -> str:
         raise OSError("port 7860 is taken")
 
     monkeypatch.setattr(fake_demo, "serve_in_background", broken)
+    from workbench import state
+
+    state._demo_server.clear()  # started once per server process: forget the first one
     app.run()
-    assert texts(app.error) == ["The demo could not start: port 7860 is taken"]
+    assert texts(app.error) == ["The demo could not start: OSError: port 7860 is taken"]
 
     monkeypatch.setitem(sys.modules, "posterlab.demo", None)  # not installed: importing it fails
     app.run()

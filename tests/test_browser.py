@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from posterlab import settings
-from tests.conftest import lite0_weights
+from tests.conftest import free_port, lite0_weights
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -49,13 +48,6 @@ pytestmark = [
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
     ),
 ]
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

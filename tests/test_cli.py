@@ -102,22 +102,34 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
         ),
     ],
 )
-def test_bad_input_is_one_line(args, expected, tmp_path):
-    result = run_cli(*args, env={"POSTERLAB_CHECKPOINTS": str(tmp_path)})
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("posterlab:")]
+def test_bad_input_is_one_line(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("POSTERLAB_CHECKPOINTS", str(tmp_path))
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("posterlab:")]
     assert len(lines) == 1 and lines[0].startswith(expected)
 
 
-def test_offline_without_weights(tmp_path):
-    env = {"POSTERLAB_WEIGHTS_DIR": "", "POSTERLAB_CHECKPOINTS": str(tmp_path)}
-    result = run_cli("train", "--data", "sample", "--backbone", "resnet18", env=env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no pretrained weights for resnet18" in result.stderr and "--no-pretrained" in result.stderr
+def test_the_installed_command_gives_one_line_without_a_traceback(tmp_path):
+    """The real entry point (a new process): one line on stderr, exit 2."""
+    result = run_cli("predict", "/no/such/run", "x.jpg")
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "posterlab: error: /no/such/run: no such run folder"
+    )
 
 
-def test_predict_with_a_pickled_run(tmp_path, genre_run):
+def test_offline_without_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("POSTERLAB_WEIGHTS_DIR", "")
+    monkeypatch.setenv("POSTERLAB_CHECKPOINTS", str(tmp_path))
+    assert main(["train", "--data", "sample", "--backbone", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "no pretrained weights for resnet18" in err and "--no-pretrained" in err
+
+
+def test_predict_with_a_pickled_run(tmp_path, genre_run, capsys):
     import shutil
 
     import torch
@@ -125,17 +137,16 @@ def test_predict_with_a_pickled_run(tmp_path, genre_run):
     hostile = tmp_path / "hostile"
     shutil.copytree(genre_run, hostile)
     torch.save({"w": torch.zeros(2)}, hostile / "model.safetensors")
-    result = run_cli("predict", str(hostile), "x.jpg")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "pickled PyTorch checkpoint" in result.stderr
+    assert main(["predict", str(hostile), "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "pickled PyTorch checkpoint" in err
 
 
-def test_predict_reports_bad_images_in_json(genre_run, tmp_path, poster_paths):
+def test_predict_reports_bad_images_in_json(genre_run, tmp_path, poster_paths, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    result = run_cli("predict", str(genre_run), str(poster_paths[0]), str(bad), "--json")
-    assert result.returncode == 1
-    items = json.loads(result.stdout)
+    assert main(["predict", str(genre_run), str(poster_paths[0]), str(bad), "--json"]) == 1
+    items = json.loads(capsys.readouterr().out)
     assert [i["ok"] for i in items] == [True, False]
     assert items[1]["error"].startswith(f"{bad}: ")
 
@@ -144,12 +155,13 @@ def test_predict_reports_bad_images_in_json(genre_run, tmp_path, poster_paths):
     ("content", "reason"),
     [(b"\xff\xd8\xff\xe0 truncated", "truncated or corrupt"), (b"<script>alert(1)</script>", "not an image")],
 )
-def test_explain_a_bad_image_is_one_line_and_writes_nothing(genre_run, tmp_path, content, reason):
+def test_explain_a_bad_image_is_one_line_and_writes_nothing(genre_run, tmp_path, content, reason, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(content)
     out = tmp_path / "why.png"
-    result = run_cli("explain", str(genre_run), str(bad), "--out", str(out))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert main(["explain", str(genre_run), str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.strip()]
     assert line.startswith(f"posterlab: error: {bad}: ") and reason in line
     assert not out.exists()

@@ -64,3 +64,61 @@ def test_fits():
         DataConfig(fit="crop", extra_fits=("crop",))
     with pytest.raises(ConfigError, match="extra_fits must be one of crop, pad, squash"):
         DataConfig(extra_fits=("zoom",))
+
+
+def _cli_config(*flags: str) -> RunConfig:
+    from posterlab.cli import build_run_config, parse
+
+    return build_run_config(parse(["train", *flags]))
+
+
+def test_the_command_line_is_the_config():
+    """No flag given: exactly the config's defaults; every field has a flag whose choices are the config's."""
+    import argparse
+    import dataclasses
+
+    from posterlab.cli import COMPOSITE, flag_of, parser
+    from posterlab.config import leaves
+
+    assert _cli_config() == RunConfig()
+    train = parser()._subparsers._group_actions[0].choices["train"]
+    flags = {option: action for action in train._actions for option in action.option_strings}
+    for path, item in leaves(RunConfig):
+        if path == "name":
+            assert "--name" in flags and "--out" in flags
+            continue
+        flag = flag_of(path, item)
+        assert flag in flags, f"{path} has no flag"
+        choices = item.metadata.get("choices")
+        if choices and flag not in COMPOSITE:
+            assert list(flags[flag].choices) == list(choices), path
+        if flag not in COMPOSITE and not isinstance(flags[flag], argparse.BooleanOptionalAction):
+            default = item.default if item.default is not dataclasses.MISSING else None
+            assert flags[flag].default == default, path
+        assert item.metadata.get("help"), f"{path} has no help"
+
+
+def test_a_config_file_sets_the_defaults_and_flags_override_them(tmp_path):
+    base = RunConfig(
+        DataConfig(
+            path="sample", labels=LabelConfig(genres=("Drama", "Comedy")), fit="pad", extra_fits=("crop",)
+        ),
+        TrainConfig(mode="finetune", epochs=5, lr=0.01, unfreeze=2, augment=AugmentConfig(rotate=3.0)),
+        name="from-file",
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"run": to_dict(base), "environment": {}}))  # a run's config.json
+    assert _cli_config("--config", str(path)) == base
+    changed = _cli_config(
+        "--config", str(path), "--lr", "0.002", "--genres", "3", "--out", str(tmp_path / "x")
+    )
+    assert changed.train.lr == 0.002 and changed.data.labels.top_n == 3 and changed.data.labels.genres == ()
+    assert changed.name == "x"  # --out is honoured with --config too
+    assert changed.train.epochs == 5 and changed.train.unfreeze == 2 and changed.data.fits == ("pad", "crop")
+    assert changed.train.augment.rotate == 3.0
+
+
+def test_epochs_default_by_mode():
+    assert TrainConfig().epochs == 30 and TrainConfig(mode="finetune").epochs == 8
+    assert _cli_config("--mode", "full").train.epochs == 8
+    assert _cli_config("--no-augment").train.augment == AugmentConfig.none()

@@ -6,7 +6,6 @@ fresh/rotten run, both trained by posterlab on the embedded sample.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,12 @@ from PIL import Image
 
 from posterlab import settings
 from posterlab.inference import Predictor
+from tests.conftest import free_port
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
 POSTER = settings.SAMPLES["sample"] / "images" / "tt0087469.jpg"  # Indiana Jones and the Temple of Doom
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +155,61 @@ def test_no_runs_is_a_one_line_error(tmp_path):
         build_demo(checkpoints=tmp_path)
 
 
-def test_serve_in_background_starts_once(genre_run):
+def test_serve_in_background(genre_run):
     from posterlab.demo import serve_in_background
 
-    url = serve_in_background(genre_run.parent, port=free_port())
-    assert serve_in_background(genre_run.parent) == url
-    result = Client(url, verbose=False).predict(
-        str(genre_run.resolve()), handle_file(str(POSTER)), api_name="/analyse"
-    )
-    assert result[1]["confidences"]
+    demo, port = serve_in_background(genre_run.parent, host="127.0.0.1", port=free_port())
+    try:
+        result = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            str(genre_run.resolve()), handle_file(str(POSTER)), api_name="/analyse"
+        )
+        assert result[1]["confidences"]
+    finally:
+        demo.close()
+
+
+# ----------------------------------------------------------------- handlers, called without a server
+
+
+@pytest.fixture(scope="module")
+def state(genre_run: Path, binary_run: Path):
+    from posterlab.demo import DemoState
+
+    return DemoState(checkpoints=genre_run.parent)
+
+
+def test_analyse_is_a_plain_function(state, genre_run):
+    from posterlab.demo import analyse
+
+    verdict, scores, table, items = analyse(state, str(genre_run.resolve()), str(POSTER))
+    expected = Predictor(genre_run).predict_one(POSTER)
+    assert scores == pytest.approx(expected.scores, abs=1e-5)
+    assert list(table.columns) == ["label", "p", "threshold", "clears"] and len(table) == len(expected.scores)
+    assert items[0][1] == "model input" and len(items) >= 2
+    assert analyse(state, str(genre_run.resolve()), None) == ("", None, None, [])  # a cleared input
+
+
+def test_explain_labels_and_its_errors(state, genre_run):
+    from posterlab.demo import explain_labels
+    from posterlab.errors import PosterlabError, RunError
+
+    labels = list(Predictor(genre_run).labels)
+    [(image, caption)] = explain_labels(state, str(genre_run.resolve()), str(POSTER), labels[:1], "hirescam")
+    assert caption.startswith(f"hirescam · {labels[0]} ") and image.size[0] > 0
+    with pytest.raises(PosterlabError, match="unknown method 'scorecam'"):  # too slow for a demo
+        explain_labels(state, str(genre_run.resolve()), str(POSTER), labels[:1], "scorecam")
+    with pytest.raises(RunError, match="not one of this demo's runs"):
+        explain_labels(state, "/etc", str(POSTER), labels[:1], "gradcam")
+
+
+def test_fresh_rotten_and_the_pickers(state, binary_run, genre_run):
+    from posterlab.demo import GALLERY_TOP, fresh_rotten, on_model, refresh
+
+    note, fresh, rotten = fresh_rotten(state, str(binary_run.resolve()))
+    assert note.startswith("**Small data.**") and len(fresh) == len(rotten) == GALLERY_TOP
+    assert fresh_rotten(state, str(binary_run.resolve()))[1] is fresh  # ranked once, then remembered
+    card, pick, _ = on_model(state, str(genre_run.resolve()))
+    assert genre_run.name in card and pick["choices"]
+    every, binary = refresh(state, None, None)
+    assert {value for _, value in every["choices"]} >= {str(genre_run.resolve()), str(binary_run.resolve())}
+    assert binary["value"] == str(binary_run.resolve())

@@ -22,6 +22,7 @@ from posterlab import settings
 from posterlab.errors import ModelError, PosterlabError
 from posterlab.export import PICKLE_SUFFIXES, export_onnx, export_space, push_space, sample_posters
 from posterlab.inference import Predictor
+from tests.conftest import free_port
 
 POSTERS = sorted((settings.SAMPLES["sample"] / "images").glob("*.jpg"))[-6:]
 
@@ -71,22 +72,23 @@ def test_cli_export_onnx(genre_run, tmp_path, capsys):
     assert "max |torch - onnx|" in capsys.readouterr().out
 
 
-def test_requirements_follow_the_imports_that_run(tmp_path):
-    """Imports inside functions count; those guarded by ``except ImportError`` are optional."""
-    from posterlab.export import imported_modules
+def test_space_requirements_come_from_the_package_metadata():
+    """posterlab's own dependencies (pyproject.toml), less the workbench's, pinned to what is installed."""
+    import importlib.metadata
 
-    package = tmp_path / "posterlab"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "a.py").write_text(
-        "try:\n    import yaml\nexcept (ImportError, OSError):\n    yaml = None\nimport requests\nfrom . import b\n"
-    )
-    (package / "b.py").write_text("def later():\n    import tqdm\n")
-    (package / "unused.py").write_text("import streamlit\n")
-    (tmp_path / "app.py").write_text("import os\nfrom posterlab.a import thing\n")
-    modules, external = imported_modules(tmp_path / "app.py", tmp_path)
-    assert modules == {"posterlab", "posterlab.a", "posterlab.b"}
-    assert external == {"requests", "tqdm"}
+    from posterlab.export import WORKBENCH_ONLY, space_requirements
+
+    lines = space_requirements()
+    names = {line.split("==")[0].lower() for line in lines}
+    declared = {
+        r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        for r in importlib.metadata.requires("posterlab")
+        if "extra ==" not in r
+    }
+    assert names == declared - set(WORKBENCH_ONLY)
+    for line in lines:
+        name, version = line.split("==")
+        assert version == importlib.metadata.version(name).split("+")[0]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def test_bundle_requirements_are_pinned(bundle):
     assert all("==" in line and "+" not in line for line in lines), lines
     assert {"gradio", "torch", "timm", "grad-cam", "safetensors", "pillow"} <= names
     assert "posterlab" not in names  # vendored, not on PyPI
-    assert "streamlit" not in names and "pytest" not in names  # only what the bundle imports
+    assert "streamlit" not in names and "pytest" not in names  # not the workbench's, nor the tests'
 
 
 def test_bundle_holds_the_run_and_examples_and_no_pickles(bundle, genre_run):
@@ -177,12 +179,6 @@ def test_push_checks_the_folder_and_the_space_id(bundle, tmp_path):
 # ------------------------------------------------------------------------------------------ slow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_bundle_starts_in_a_fresh_venv(bundle, request, tmp_path):
@@ -204,7 +200,7 @@ def test_bundle_starts_in_a_fresh_venv(bundle, request, tmp_path):
         timeout=1800,
     )
     assert install.returncode == 0, install.stderr[-3000:]
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTERLAB_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(PORT=str(port), HF_HUB_OFFLINE="1")
     log = (tmp_path / "app.log").open("w")

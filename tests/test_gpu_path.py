@@ -50,4 +50,33 @@ def test_throughput_script_runs_its_path_on_cpu(tmp_path, sample_dir):
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     result = json.loads((tmp_path / "gpu_throughput.json").read_text())
     row = result["backbones"]["posterlab_small_cnn"]
-    assert row["fp32"] > 0 and row["amp_channels_last"] > 0 and row["loop"]["images_per_second"] > 0
+    assert row["model_fp32"] > 0 and row["model_amp_channels_last"] > 0
+    assert row["fit"]["images_per_second"] > 0 and row["fit"]["loader_images_per_second"] > 0
+    assert len(row["fit"]["epoch_seconds"]) == 2  # whole epochs through fit() itself
+
+
+def test_uint8_inputs_normalised_on_the_device_are_the_same_picture(poster_paths):
+    """The GPU path's workers send uint8 and the loop normalises: the same tensor as the CPU path's."""
+    from PIL import Image
+
+    from posterlab.data.transforms import Preprocess
+
+    preprocess = Preprocess.for_backbone("tf_efficientnet_lite0", "pad")
+    image = Image.open(poster_paths[0]).convert("RGB")
+    plain = preprocess.eval_transform()(image)
+    raw = preprocess.eval_transform(raw=True)(image)
+    assert raw.dtype == torch.uint8
+    torch.testing.assert_close(preprocess.normalize_on(raw[None])[0], plain, atol=1e-6, rtol=0)
+
+
+def test_precision_follows_the_compute_capability(monkeypatch):
+    """bf16 only where the GPU computes it natively (compute capability 8.0+); fp16 with a loss scaler
+    before; full precision on CPUs and with AMP off."""
+    from posterlab.training.loop import amp_dtype
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert amp_dtype(cuda, True) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert amp_dtype(cuda, True) == torch.float16
+    assert amp_dtype(cuda, False) is None and amp_dtype(torch.device("cpu"), True) is None

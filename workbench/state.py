@@ -14,23 +14,18 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 from PIL import Image
-from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from posterlab import settings
 from posterlab.config import DataConfig, RunConfig, from_dict, to_dict
 from posterlab.data.prepare import Prepared, prepare_data
 from posterlab.data.sources import PosterDataset, load_dataset
 from posterlab.errors import BusyError, DataError
+from posterlab.serving import Loaded, ModelCache, run_key
 from posterlab.training.manager import TrainingManager
-
-if TYPE_CHECKING:
-    from posterlab.explain import Explainer
-    from posterlab.inference import Predictor
 
 DATASET_KEY = "posterlab_dataset"  # the dataset path the sidebar resolved (a sample name, folder, CSV, zip)
 CHECKPOINTS_KEY = "posterlab_checkpoints"  # the checkpoints folder the sidebar resolved
@@ -85,8 +80,9 @@ class Trainers:
             managers = list(self._managers.values())
         return next((m for m in managers if m.snapshot().running), None)
 
-    def start(self, folder: Path, config: RunConfig) -> None:
-        """Train ``config`` into ``folder`` in the background; ``BusyError`` while any run trains."""
+    def start(self, folder: Path, config: RunConfig, processes: int = 1) -> None:
+        """Train ``config`` into ``folder`` in the background (``processes`` > 1: a torchrun job);
+        ``BusyError`` while any run trains."""
         with self._lock:
             manager = self._get(folder)
             for other in self._managers.values():
@@ -95,16 +91,16 @@ class Trainers:
                     raise BusyError(
                         f"a run is already training ({snapshot.name}); stop it or wait for it to finish"
                     )
-            manager.start(config)
+            manager.start(config, processes)
 
-    def resume(self, folder: Path, run_dir: Path) -> None:
+    def resume(self, folder: Path, run_dir: Path, processes: int = 1) -> None:
         """Continue a stopped or interrupted run; ``BusyError`` while any run trains."""
         with self._lock:
             manager = self._get(folder)
             busy = next((m.snapshot() for m in self._managers.values() if m.snapshot().running), None)
             if busy is not None:
                 raise BusyError(f"a run is already training ({busy.name}); stop it or wait for it to finish")
-            manager.resume(run_dir)
+            manager.resume(run_dir, processes)
 
 
 @st.cache_resource(show_spinner=False)
@@ -150,6 +146,18 @@ def prepared(config: DataConfig) -> Prepared:
     return _prepared(json.dumps(to_dict(config), sort_keys=True), _stamp(config.path))
 
 
+def display_name(path: str) -> str:
+    """What a user calls a dataset: an upload by the name of the file they uploaded (not its cache path),
+    the embedded samples by what they are, anything else by its path."""
+    if path in settings.SAMPLES:
+        return {"sample": "embedded sample (genres)", "sample-rt": "embedded sample (fresh / rotten)"}[path]
+    uploads = settings.cache_dir() / "uploads"
+    candidate = Path(path)
+    if candidate.parent.parent == uploads:
+        return candidate.name  # uploads/<content hash>/<the uploaded file's name>
+    return path
+
+
 def save_upload(name: str, data: bytes) -> Path:
     """Keep an uploaded dataset (a CSV or a zip) under the cache, named by its content.
 
@@ -176,44 +184,21 @@ def save_upload(name: str, data: bytes) -> Path:
     return target
 
 
-@dataclass
-class LoadedModel:
-    """A run's predictor and Grad-CAM explainer, shared by sessions; ``lock`` guards the CAM hooks."""
-
-    predictor: Predictor
-    explainer: Explainer
-    lock: threading.Lock
+@st.cache_resource(show_spinner=False)
+def models() -> ModelCache:
+    """The process's loaded runs (the core's cache: a run is loaded once, reloaded when retrained)."""
+    return ModelCache(capacity=4)
 
 
-def _weights_stamp(run_dir: str) -> float:
-    """The weights file's modification time (0 when missing): part of every model cache key."""
-    try:
-        return (Path(run_dir) / "model.safetensors").stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _model(run_dir: str, stamp: float) -> LoadedModel:
-    """A run's predictor and explainer, cached per folder and weights stamp."""
-    from posterlab.explain import Explainer
-    from posterlab.inference import Predictor
-
-    predictor = Predictor(run_dir)
-    return LoadedModel(predictor, Explainer(predictor), threading.Lock())
-
-
-def model(run_dir: str | Path) -> LoadedModel:
-    """The trained model of a run folder (reloaded when its weights file changes)."""
-    return _model(str(run_dir), _weights_stamp(str(run_dir)))
+def model(run_dir: str | Path) -> Loaded:
+    """The trained model of a run folder: its predictor and (on first use) its Grad-CAM explainer."""
+    return models().get(run_dir)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def _overlay(run_dir: str, stamp: float, image: str, label: str, method: str) -> tuple[Image.Image, float]:
-    """Grad-CAM overlay and score, cached per run, weights stamp, poster, label and method."""
-    loaded = _model(run_dir, stamp)
-    with loaded.lock:
-        explanation = loaded.explainer.explain(image, labels=[label], method=method)
+def _overlay(key: tuple[str, int], image: str, label: str, method: str) -> tuple[Image.Image, float]:
+    """Grad-CAM overlay and score, cached per run (folder and weights), poster, label and method."""
+    explanation = models().get(key[0]).explainer.explain(image, labels=[label], method=method)
     return explanation.overlays[label], explanation.scores[label]
 
 
@@ -221,7 +206,7 @@ def overlay(
     run_dir: str | Path, image: str, label: str, method: str = "gradcam"
 ) -> tuple[Image.Image, float]:
     """Grad-CAM overlay of ``label`` on a poster file, and the label's probability (cached)."""
-    return _overlay(str(run_dir), _weights_stamp(str(run_dir)), image, label, method)
+    return _overlay(run_key(run_dir), image, label, method)
 
 
 @dataclass
@@ -236,11 +221,9 @@ class Explained:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _explain_upload(run_dir: str, stamp: float, data: bytes, name: str, method: str) -> Explained:
+def _explain_upload(key: tuple[str, int], data: bytes, name: str, method: str) -> Explained:
     """``Explainer.explain`` of uploaded bytes, cached by content, run and method."""
-    loaded = _model(run_dir, stamp)
-    with loaded.lock:
-        result = loaded.explainer.explain(data, top_k=3, method=method, name=name)
+    result = models().get(key[0]).explainer.explain(data, top_k=3, method=method, name=name)
     return Explained(result.crop, result.scores, result.predicted, result.overlays, result.notes)
 
 
@@ -248,21 +231,37 @@ def explain_upload(run_dir: str | Path, data: bytes, name: str, method: str = "g
     """Scores and Grad-CAM overlays (predicted labels, else the top one) for an uploaded poster.
 
     Raises ``ImageError`` with a one-line reason for a file that is not a usable image."""
-    return _explain_upload(str(run_dir), _weights_stamp(str(run_dir)), data, name, method)
+    return _explain_upload(run_key(run_dir), data, name, method)
 
 
 def activations(run_dir: str | Path, image: str | bytes, level: int) -> tuple[str, np.ndarray, Image.Image]:
     """Feature level ``level`` of a run's backbone for one poster: (module name, its most active channel
     maps, their mean drawn as a heatmap over the crop the model saw)."""
-    from posterlab.explain import activation_maps
+    from posterlab.explain import activation_maps, blend
 
-    loaded = model(run_dir)
-    with loaded.lock:
-        name, maps, mean = activation_maps(loaded.predictor, image, level)
-        crop = loaded.predictor.prepare(image)[0].convert("RGB")
-    heat = Image.fromarray(np.uint8(mean * 255)).resize(crop.size, Image.BILINEAR)
-    base = np.asarray(crop, dtype=np.float32) / 255.0
-    overlay = show_cam_on_image(
-        base, np.asarray(heat, dtype=np.float32) / 255.0, use_rgb=True, image_weight=0.55
-    )
-    return name, maps, Image.fromarray(overlay)
+    predictor = model(run_dir).predictor
+    name, maps, mean = activation_maps(predictor, image, level)
+    crop = predictor.prepare(image)[0]
+    return name, maps, blend(crop, mean)
+
+
+@st.cache_resource(show_spinner=False)
+def _demo_server(checkpoints: str, host: str | None) -> tuple[object, int]:
+    """The embedded Gradio demo over ``checkpoints``, started once per server process: (its app, port)."""
+    from posterlab.demo import serve_in_background
+
+    return serve_in_background(Path(checkpoints), host=host)
+
+
+def demo_url() -> str:
+    """Start the demo (once) and return its URL as the browser reaches it.
+
+    Gradio listens on the interface Streamlit listens on (``server.address``; unset means every
+    interface), and the URL uses the host the browser used for the workbench (``st.context.url``): a
+    browser on another machine reaches the demo the way it reached the workbench."""
+    from urllib.parse import urlsplit
+
+    address = st.get_option("server.address") or "0.0.0.0"
+    _, port = _demo_server(str(checkpoints().resolve()), address)
+    page = urlsplit(st.context.url or "http://localhost/")
+    return f"{page.scheme or 'http'}://{page.hostname or 'localhost'}:{port}/"

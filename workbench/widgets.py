@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -14,7 +12,7 @@ import streamlit as st
 from posterlab.config import BALANCE, AugmentConfig, LabelConfig, parse_threshold_target
 from posterlab.data.labels import genre_counts
 from posterlab.data.sources import PosterDataset
-from posterlab.errors import ConfigError, DataError
+from posterlab.errors import ConfigError, DataError, one_line
 from posterlab.runs import Run
 from posterlab.training.manager import Snapshot
 
@@ -26,19 +24,13 @@ TARGETS = {
 HOW = {"top": "Top N", "pick": "Pick", "all": "All"}
 OPERATORS = (">=", ">", "<=", "<")
 _NOT_NUMERIC = {"id", "image", "genres", "label", "digest", "width", "height"}
-HEADLINE = ("map", "micro_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc")
+TOP_N = 6  # what "Top N" offers first: the six genres of the seed reports
 STATUS_ICONS = {
     "running": ":material/autorenew:",
     "completed": ":material/check_circle:",
     "stopped": ":material/stop_circle:",
     "failed": ":material/error:",
 }
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an error message (the core's errors are one line that names the fix)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def show_error(error: BaseException) -> None:
@@ -84,31 +76,33 @@ def numeric_columns(frame: pd.DataFrame) -> list[str]:
     return found
 
 
-def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = None) -> LabelConfig:
-    """Widgets for what to learn (target, which labels, merges); returns the ``LabelConfig`` they describe.
-
-    Raises ``ConfigError`` / ``DataError`` with a one-line message for a selection that cannot work."""
-    default = default or LabelConfig(top_n=6)
+def _usable_targets(frame: pd.DataFrame) -> dict[str, bool]:
+    """Which kinds of target this dataset can give: genres, one label, a rule on a numeric column."""
     has_genres = "genres" in frame and int(frame["genres"].map(len).sum()) > 0
     has_label = "label" in frame and bool(frame["label"].notna().any())
-    numeric = numeric_columns(frame)
-    kinds = [
-        kind
-        for kind, usable in (
-            ("genres", has_genres),
-            ("label", has_genres or has_label),
-            ("threshold", bool(numeric)),
-        )
-        if usable
-    ]
+    return {"genres": has_genres, "label": has_genres or has_label, "threshold": bool(numeric_columns(frame))}
+
+
+def _target_choice(key: str, default: LabelConfig, usable: dict[str, bool], name: str) -> str | None:
+    """The kind of target; with neither genres nor labels, the user must choose (never a silent guess)."""
+    kinds = [kind for kind, ok in usable.items() if ok]
     if not kinds:
-        raise DataError("this dataset has no genres, labels or numeric columns to learn from")
-    threshold = parse_threshold_target(default.target)
-    wanted = "threshold" if threshold else default.target
-    kind = st.radio(
+        raise DataError(
+            f"{name}: has no genres, labels or numeric columns to learn from; add a genres or label "
+            "column to its labels.csv"
+        )
+    wanted = "threshold" if parse_threshold_target(default.target) else default.target
+    guessable = usable["genres"] or usable["label"]
+    if not guessable:
+        st.warning(
+            f"`{name}` has no `genres` or `label` column, so there is nothing to predict by default. Choose a "
+            "rule on one of its numeric columns below, or add a `genres` or `label` column to its labels.csv.",
+            icon=":material/help:",
+        )
+    return st.radio(
         "What to predict",
         kinds,
-        index=kinds.index(wanted) if wanted in kinds else 0,
+        index=(kinds.index(wanted) if wanted in kinds else 0) if guessable else None,
         format_func=TARGETS.get,
         horizontal=True,
         key=f"{key}_target",
@@ -116,9 +110,35 @@ def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = 
         help="Genres: any number per poster (sigmoid). One label: a `label` column, or the one selected "
         "genre of posters that carry exactly one (softmax). Threshold: e.g. imdb_score >= 7.",
     )
-    if kind == "threshold":
-        return _threshold_controls(frame, key, numeric, threshold)
 
+
+def label_controls(
+    frame: pd.DataFrame, key: str, name: str = "this dataset", default: LabelConfig | None = None
+) -> LabelConfig | None:
+    """Widgets for what to learn (target, which labels, merges); returns the ``LabelConfig`` they describe,
+    or None while the user has still to choose a target. Initial values come from ``LabelConfig()``.
+
+    Raises ``ConfigError`` / ``DataError`` with a one-line message for a selection that cannot work."""
+    default = default or LabelConfig()
+    usable = _usable_targets(frame)
+    kind = _target_choice(key, default, usable, name)
+    if kind is None:
+        return None
+    if kind == "threshold":
+        return _threshold_controls(frame, key, numeric_columns(frame), parse_threshold_target(default.target))
+    return _label_selection(
+        frame,
+        key,
+        default,
+        kind,
+        from_label_column=kind == "label" and "label" in frame and bool(frame["label"].notna().any()),
+    )
+
+
+def _label_selection(
+    frame: pd.DataFrame, key: str, default: LabelConfig, kind: str, from_label_column: bool
+) -> LabelConfig:
+    """Which labels (top N, a pick, all), synonym merges, the minimum count and the Other bucket."""
     how_col, amount_col = st.columns([1, 1])
     merge_col = st.container()
     min_col, other_col = st.columns([1, 1], vertical_alignment="bottom")
@@ -132,18 +152,13 @@ def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = 
             help="FROM=INTO pairs, comma-separated: posters tagged FROM count as INTO.",
         )
     )
-    from_label_column = kind == "label" and has_label
     counts = (
         frame["label"].dropna().map(str).value_counts().rename("posters")
         if from_label_column
         else genre_counts(frame, merge)
     )
     same_kind = default.target == kind
-    default_how = (
-        ("pick" if default.genres else "top" if default.top_n else "all")
-        if same_kind
-        else ("all" if from_label_column else "top")
-    )
+    default_how = ("pick" if default.genres else "top" if default.top_n else "all") if same_kind else "all"
     how = how_col.radio(
         "Which labels",
         list(HOW),
@@ -153,40 +168,7 @@ def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = 
         key=f"{key}_how",
         persist_state="session",
     )
-    top_n, picked = None, ()
-    if st.session_state.get(f"{key}_top", 0) > len(counts):  # fewer labels than before (merges, target)
-        st.session_state[f"{key}_top"] = max(1, len(counts))
-    if how == "top":
-        top_n = int(
-            amount_col.number_input(
-                "How many of the most common",
-                min_value=1,
-                max_value=max(1, len(counts)),
-                value=min(default.top_n if same_kind and default.top_n else 6, max(1, len(counts))),
-                key=f"{key}_top",
-                persist_state="session",
-            )
-        )
-    elif how == "pick":
-        chosen = [g for g in (default.genres if same_kind else ()) if g in counts.index]
-        picked = tuple(
-            amount_col.multiselect(
-                "Labels",
-                list(counts.index),
-                default=chosen or list(counts.index[: min(4, len(counts))]),
-                format_func=lambda g: f"{g} ({counts[g]})",
-                key=f"{key}_pick",
-                persist_state="session",
-            )
-        )
-        if not picked:
-            raise ConfigError("pick at least one label (or choose Top N / All)")
-    else:
-        amount_col.caption(
-            f"All {len(counts)} labels: "
-            + ", ".join(map(str, counts.index[:12]))
-            + ("…" if len(counts) > 12 else "")
-        )
+    top_n, picked = _how_many(amount_col, key, how, counts, default if same_kind else LabelConfig())
     min_count = int(
         min_col.number_input(
             "Min. posters per label",
@@ -205,6 +187,45 @@ def label_controls(frame: pd.DataFrame, key: str, default: LabelConfig | None = 
         help="Posters whose labels are all outside the selection get the label Other instead of being dropped.",
     )
     return LabelConfig(target=kind, genres=picked, top_n=top_n, min_count=min_count, other=other, merge=merge)
+
+
+def _how_many(
+    column, key: str, how: str, counts: pd.Series, default: LabelConfig
+) -> tuple[int | None, tuple]:
+    """(top_n, picked labels) for the chosen way of selecting labels."""
+    if st.session_state.get(f"{key}_top", 0) > len(counts):  # fewer labels than before (merges, target)
+        st.session_state[f"{key}_top"] = max(1, len(counts))
+    if how == "top":
+        top = column.number_input(
+            "How many of the most common",
+            min_value=1,
+            max_value=max(1, len(counts)),
+            value=min(default.top_n or TOP_N, max(1, len(counts))),
+            key=f"{key}_top",
+            persist_state="session",
+        )
+        return int(top), ()
+    if how == "pick":
+        chosen = [g for g in default.genres if g in counts.index]
+        picked = tuple(
+            column.multiselect(
+                "Labels",
+                list(counts.index),
+                default=chosen or list(counts.index[: min(4, len(counts))]),
+                format_func=lambda g: f"{g} ({counts[g]})",
+                key=f"{key}_pick",
+                persist_state="session",
+            )
+        )
+        if not picked:
+            raise ConfigError("pick at least one label (or choose Top N / All)")
+        return None, picked
+    column.caption(
+        f"All {len(counts)} labels: "
+        + ", ".join(map(str, counts.index[:12]))
+        + ("…" if len(counts) > 12 else "")
+    )
+    return None, ()
 
 
 def _threshold_controls(
@@ -298,48 +319,54 @@ def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = Non
     return by_name.get(name)
 
 
-def headline(metrics: dict) -> dict[str, float]:
-    """The headline metrics present in a metrics dict, in a fixed order."""
-    return {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
-
-
-def planned_epochs(run_dir: str | None) -> int | None:
-    """The epochs a run was configured for (from its ``config.json``; None while unknown)."""
-    if not run_dir:
-        return None
-    try:
-        return int(json.loads((Path(run_dir) / "config.json").read_text())["run"]["train"]["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+STAGES = {
+    "starting": "starting",
+    "downloading": "downloading posters",
+    "scanning": "opening posters",
+    "extracting": "computing",
+    "searching": "searching hyper-parameters, trial",
+    "evaluating": "evaluating",
+}
 
 
 def progress(snapshot: Snapshot) -> tuple[float, str]:
-    """(fraction done, one line saying what the run is doing) for a progress bar.
+    """(fraction done, one line saying what the run is doing or how it ended) for a progress bar.
 
-    While training, the manager reports batches within an epoch (``Progress``: detail ``epoch N``)
-    and finished epochs (``EpochEnd``); the bar covers all planned epochs."""
+    While training the bar covers all planned epochs (finished epochs, and the batches of the current
+    one); before that, the stage at hand (opening posters, computing embeddings N/M). A run that ended
+    shows how far it got, why it stopped, and its whole time (earlier sessions of a resumed run too)."""
+    epochs = snapshot.epochs or 0
+    finished = len(snapshot.history)
     if not snapshot.running:
-        return 1.0, f"{snapshot.status} · took {elapsed(snapshot.elapsed)}"
-    fraction = min(1.0, snapshot.done / snapshot.total) if snapshot.total else 0.0
-    text = (
-        f"{snapshot.stage or 'starting'} {snapshot.done}/{snapshot.total}"
-        if snapshot.total
-        else snapshot.stage
-    )
-    if snapshot.detail and snapshot.stage != "training":
-        text += f" · {snapshot.detail}"
-    epochs = planned_epochs(snapshot.run_dir)
+        fraction = min(1.0, finished / epochs) if epochs else 1.0
+        text = (
+            f"{snapshot.status} after epoch {finished}/{epochs}"
+            if epochs and snapshot.status != "completed"
+            else snapshot.status
+        )
+        if snapshot.reason and snapshot.status == "stopped":
+            text += f" ({snapshot.reason})"
+        return fraction, f"{text} · took {elapsed(snapshot.elapsed)}"
     if snapshot.stage == "training" and epochs:
-        finished = len(snapshot.history)
         in_epoch = snapshot.detail == f"epoch {finished + 1}" and snapshot.total  # a batch event
         part = snapshot.done / snapshot.total if in_epoch else 0.0
         fraction = min(1.0, (finished + part) / epochs)
-        text = f"epoch {min(finished + 1, epochs)}/{epochs}"
-        if in_epoch:
-            text += f" · batch {snapshot.done}/{snapshot.total}"
-    text = f"{text or 'starting'} · {elapsed(snapshot.elapsed)}"
+        text = f"epoch {min(finished + 1, epochs)}/{epochs}" + (
+            f" · batch {snapshot.done}/{snapshot.total}" if in_epoch else ""
+        )
+    else:
+        fraction = min(1.0, snapshot.done / snapshot.total) if snapshot.total else 0.0
+        text = STAGES.get(snapshot.stage, snapshot.stage or "starting")
+        if snapshot.stage == "extracting" and snapshot.detail:
+            what, _, rate = snapshot.detail.partition(" · ")
+            text = f"computing {what} {snapshot.done:,}/{snapshot.total:,}" + (f" · {rate}" if rate else "")
+        elif snapshot.total:
+            text += f" {snapshot.done:,}/{snapshot.total:,}" + (
+                f" · {snapshot.detail}" if snapshot.detail else ""
+            )
+    text = f"{text} · {elapsed(snapshot.elapsed)}"
     if snapshot.stop_requested:
-        text += " · stopping…"
+        text += " · stopping at the next batch…"
     return fraction, text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
 
 
 def _label_matrix(y: np.ndarray, num_labels: int) -> np.ndarray:
@@ -21,7 +22,9 @@ def loss_weights(y: np.ndarray, num_labels: int, max_weight: float = 20.0) -> np
     if y.ndim == 2:
         weights = (len(y) - counts) / np.maximum(counts, 1.0)
     else:
-        weights = len(y) / (num_labels * np.maximum(counts, 1.0))
+        weights = np.ones(num_labels)
+        present = np.unique(y)
+        weights[present] = compute_class_weight("balanced", classes=present, y=y)  # n / (k * count)
         weights = weights / weights.mean()
     return np.clip(weights, 0.0, max_weight).astype(np.float32)
 

@@ -16,7 +16,7 @@ from urllib3.util.retry import Retry
 
 from posterlab import settings
 from posterlab.data.images import load_image
-from posterlab.errors import ImageError
+from posterlab.errors import ImageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def download_posters(
         except ImageError as error:
             row["error"] = error.reason
         except requests.RequestException as error:
-            row["error"] = type(error).__name__ + (f": {_first_line(error)}" if str(error) else "")
+            row["error"] = one_line(error, limit=160)
         return row
 
     rows = []
@@ -121,7 +121,3 @@ def _suffix(url: str) -> str:
         if len(tail) == 2 and tail[1].lower() in ("jpg", "jpeg", "png", "webp", "gif")
         else ".jpg"
     )
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0][:160]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from posterlab.errors import ImageError
+from posterlab.errors import ImageError, one_line
 
 MAX_FILE_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # far above any poster; a larger header is a decompression bomb
@@ -101,7 +101,7 @@ def load_image(source: str | Path | bytes | Image.Image, name: str | None = None
             label, "decompression bomb (too many pixels)", "resize the image below the limit"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        detail = one_line(error, typed=False)
         raise ImageError(
             label, f"truncated or corrupt image ({detail})", "re-export or re-download it"
         ) from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from posterlab.config import DataConfig
-from posterlab.data.clean import CleaningReport, clean_dataset
+from posterlab.data.clean import CleaningReport, clean_dataset, scan_images
 from posterlab.data.labels import Labelled, LabelRule, apply_rule, resolve_rule
 from posterlab.data.sources import PosterDataset, load_dataset
 from posterlab.data.split import split_indices
@@ -44,3 +44,10 @@ def prepare_data(
         split_indices(labelled.y, config.val_fraction, config.test_fraction, config.seed) if split else None
     )
     return Prepared(cleaned, report, labelled, splits)
+
+
+def warm_scan(config: DataConfig, rank: int, world: int) -> None:
+    """Open this process's share (every ``world``-th poster) into the scan cache, so that the processes
+    of a distributed run split the work of ``prepare_data`` instead of each opening every image."""
+    dataset = load_dataset(config.path)
+    scan_images(dataset.frame["image"].tolist()[rank::world])

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from posterlab import settings
-from posterlab.errors import DataError
+from posterlab.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1", **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(
-            f"{path}: not a readable CSV ({str(error).splitlines()[0]}); save it as comma-separated UTF-8"
+            f"{path}: not a readable CSV ({one_line(error, typed=False)}); save it as comma-separated UTF-8"
         ) from None
 
 

@@ -57,17 +57,6 @@ class Preprocess:
             fit=fit,
         )
 
-    @classmethod
-    def from_dict(cls, values: dict) -> Preprocess:
-        return cls(
-            input_size=tuple(values["input_size"]),
-            interpolation=values["interpolation"],
-            mean=tuple(values["mean"]),
-            std=tuple(values["std"]),
-            crop_pct=float(values["crop_pct"]),
-            fit=values.get("fit", "crop"),
-        )
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -99,13 +88,24 @@ class Preprocess:
         """PIL (already fitted) → normalised tensor."""
         return T.Compose(self._parts()[1])
 
-    def eval_transform(self) -> T.Compose:
-        geometry, tensor = self._parts()
-        return T.Compose(geometry + tensor)
+    def _tensor(self, raw: bool) -> list:
+        """The tensor step: normalised float, or ``raw`` uint8 (C, H, W) that ``normalize_on`` turns into
+        the same numbers later (on a GPU: the data loader's workers then only decode and resample)."""
+        return [T.PILToTensor()] if raw else self._parts()[1]
 
-    def train_transform(self, augment: AugmentConfig) -> T.Compose:
+    def normalize_on(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) → the normalised float tensor ``to_tensor`` would have made, on x's device."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float().div_(255.0) - mean) / std
+
+    def eval_transform(self, raw: bool = False) -> T.Compose:
+        return T.Compose(self._parts()[0] + self._tensor(raw))
+
+    def train_transform(self, augment: AugmentConfig, raw: bool = False) -> T.Compose:
         """Random crop, affine (rotate / shift / zoom / shear), then the eval geometry, then flip."""
-        geometry, tensor = self._parts()
+        geometry, _ = self._parts()
+        tensor = self._tensor(raw)
         fill = tuple(round(255 * v) for v in self.mean)
         steps: list = []
         if augment.random_crop:

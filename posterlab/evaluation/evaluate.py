@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from posterlab.data.clean import clean_dataset
 from posterlab.data.labels import apply_rule
@@ -15,6 +13,7 @@ from posterlab.errors import ConfigError
 from posterlab.evaluation.metrics import evaluate_scores
 from posterlab.events import EventSink, Progress, ignore
 from posterlab.inference import Predictor
+from posterlab.runs import read_splits
 
 SPLITS = ("all", "train", "val", "test")  # all: every poster given; the others: the run's own split
 
@@ -38,7 +37,7 @@ def evaluate_run(
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     predictor = predictor or Predictor(run_dir)
-    splits = _run_splits(Path(run_dir))
+    splits = read_splits(Path(run_dir))
     if split != "all" and not splits:
         raise ConfigError(
             f"{run_dir}: has no split.json, so --split {split} cannot be applied; use --split all"
@@ -57,26 +56,26 @@ def evaluate_run(
                 f"none of the posters in {data} is in the run's {split} split; evaluate it on the data it "
                 "trained on, or use --split all"
             )
-    seen = int(frame["id"].astype(str).isin(splits.get("train", set())).sum())
-    paths = frame["image"].tolist()
-    probs = np.zeros((len(paths), len(predictor.labels)), dtype=np.float64)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        tensors = [predictor.prepare(path)[1] for path in chunk]
-        probs[start : start + len(chunk)] = predictor.probabilities(torch.stack(tensors))
-        on_event(Progress("evaluating", min(start + batch_size, len(paths)), len(paths)))
+    probs, errors = predictor.score_paths(
+        frame["image"].tolist(), batch_size, lambda done, total: on_event(Progress("evaluating", done, total))
+    )
+    scored = np.array([error is None for error in errors], dtype=bool)
+    probs, y = probs[scored], y[scored]
+    seen = int(frame["id"][scored].astype(str).isin(splits.get("train", set())).sum())
     prior = np.asarray(predictor.info["prior"], dtype=np.float64)
     result = evaluate_scores(predictor.rule, y, probs, predictor.thresholds, prior)
     reasons = dict(report.summary().to_dict())
     for reason, count in labelled.dropped["reason"].value_counts().items():
         reasons[reason] = reasons.get(reason, 0) + int(count)
+    if not scored.all():
+        reasons["unreadable when scored"] = int((~scored).sum())
     out = {
         "run": str(Path(run_dir)),
         "data": str(data),
         "split": split,
         "n": int(len(y)),
         "seen_in_training": seen,
-        "dropped": int(report.dropped + len(labelled.dropped)),
+        "dropped": int(report.dropped + len(labelled.dropped) + (~scored).sum()),
         "dropped_reasons": reasons,
         "labels": list(predictor.labels),
         "task": predictor.rule.task,
@@ -87,11 +86,3 @@ def evaluate_run(
     if "confusion" in result:
         out["confusion"] = result["confusion"]
     return out
-
-
-def _run_splits(run_dir: Path) -> dict[str, set[str]]:
-    """The run's split (``split.json``: split name → poster ids); empty for runs without one."""
-    path = run_dir / "split.json"
-    if not path.is_file():
-        return {}
-    return {name: {str(i) for i in ids} for name, ids in json.loads(path.read_text()).items()}

@@ -90,7 +90,8 @@ def curves(histories: dict[str, list[dict]], metric: str) -> go.Figure:
     return figure.update_layout(title=metric.replace("_", " "), xaxis_title="epoch", **_LAYOUT)
 
 
-def loss_curves(history: list[dict]) -> go.Figure:
+def loss_curves(history: list[dict], loss: str = "") -> go.Figure:
+    """Training and validation loss per epoch: the same criterion on both (``loss`` names it)."""
     figure = go.Figure()
     for key in ("train_loss", "val_loss"):
         figure.add_trace(
@@ -101,7 +102,8 @@ def loss_curves(history: list[dict]) -> go.Figure:
                 name=key.replace("_", " "),
             )
         )
-    return figure.update_layout(title="loss", xaxis_title="epoch", **_LAYOUT)
+    title = f"loss: {loss} (training and validation)" if loss else "loss (training and validation)"
+    return figure.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
 
 
 def roc(points: dict[str, dict], title: str = "ROC") -> go.Figure:

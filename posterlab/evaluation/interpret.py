@@ -3,7 +3,8 @@ top-k / bottom-k posters by a label's probability, ROC/PR points, reliability.
 
 Everything works on a *predictions table*: one row per poster with ``id, split, image, title, truth``
 (pipe-joined labels) and ``p:<label>`` columns, as a run stores in ``predictions.csv`` for its validation
-and test posters, or as ``score_frame`` makes for any labelled posters.
+and test posters, or as ``score_frame`` makes for any labelled posters. Losses are the run's own training
+criterion (``posterlab.training.criterion``), as fastai's ``Interpretation`` ranks by the learner's loss.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from posterlab.config import from_dict
 from posterlab.data.labels import Labelled, LabelRule, one_hot
 from posterlab.inference import Predictor
 from posterlab.runs import Run
+from posterlab.training.criterion import Criterion
 
 
 def score_columns(table: pd.DataFrame) -> list[str]:
@@ -39,6 +42,13 @@ def scores(table: pd.DataFrame) -> np.ndarray:
     return table[score_columns(table)].to_numpy(dtype=np.float64)
 
 
+def criterion_of(model: dict) -> Criterion:
+    """The criterion a run trained with (``model.json``); plain BCE / CE for runs that predate storing it."""
+    if model.get("loss"):
+        return Criterion.from_dict(model["loss"])
+    return Criterion("bce" if model["rule"]["task"] == "multilabel" else "ce")
+
+
 def load_predictions(run: Run, split: str | None = "test") -> pd.DataFrame:
     """A run's stored predictions, with ``predicted`` (labels over threshold / top class) and ``loss``."""
     table = run.predictions()
@@ -46,32 +56,35 @@ def load_predictions(run: Run, split: str | None = "test") -> pd.DataFrame:
         return pd.DataFrame()
     if split:
         table = table[table["split"] == split].reset_index(drop=True)
-    rule = _rule(run)
-    thresholds = np.asarray(run.model["thresholds"]) if run.model and run.model.get("thresholds") else None
-    return with_decisions(table, rule, thresholds)
+    rule = from_dict(LabelRule, run.model["rule"])
+    thresholds = np.asarray(run.model["thresholds"]) if run.model.get("thresholds") else None
+    return with_decisions(table, rule, thresholds, criterion_of(run.model))
 
 
-def _rule(run: Run) -> LabelRule:
-    from posterlab.inference import rule_from_dict
+def _targets(table: pd.DataFrame, rule: LabelRule) -> np.ndarray:
+    """The truth as the criterion takes it: (n, k) 0/1 for multi-label, class indices otherwise."""
+    y = truth_matrix(table)
+    return y if rule.multilabel else y.argmax(axis=1)
 
-    return rule_from_dict(run.model["rule"])
 
-
-def with_decisions(table: pd.DataFrame, rule: LabelRule, thresholds: np.ndarray | None) -> pd.DataFrame:
-    """Add ``predicted`` (pipe-joined), ``correct`` and per-poster ``loss`` columns."""
+def with_decisions(
+    table: pd.DataFrame, rule: LabelRule, thresholds: np.ndarray | None, criterion: Criterion
+) -> pd.DataFrame:
+    """Add ``predicted`` (pipe-joined), ``correct`` and per-poster ``loss`` (the run's criterion; the
+    stored column when the table has one) columns."""
     if table.empty:
         return table
-    p = np.clip(scores(table), 1e-7, 1 - 1e-7)
+    p = scores(table)
     y = truth_matrix(table)
     labels = np.asarray(labels_of(table))
     out = table.copy()
+    if "loss" not in out or out["loss"].isna().any():
+        out["loss"] = criterion.from_probabilities(p, _targets(table, rule))
     if rule.multilabel:
         decided = p >= thresholds[None, :]
-        out["loss"] = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
         out["correct"] = (decided == (y > 0)).all(axis=1)
     else:
         decided = np.eye(p.shape[1], dtype=bool)[p.argmax(axis=1)]
-        out["loss"] = -np.log((p * y).sum(axis=1).clip(1e-7))
         out["correct"] = (decided & (y > 0)).any(axis=1)
     out["predicted"] = ["|".join(labels[row]) for row in decided]
     return out
@@ -80,15 +93,10 @@ def with_decisions(table: pd.DataFrame, rule: LabelRule, thresholds: np.ndarray 
 def score_frame(
     predictor: Predictor, labelled: Labelled, split: str = "all", batch_size: int = 8
 ) -> pd.DataFrame:
-    """A predictions table for labelled posters scored now with ``predictor``."""
-    import torch
-
+    """A predictions table for labelled posters scored now with ``predictor`` (unreadable ones left out)."""
     frame = labelled.frame
-    probs = np.zeros((len(frame), len(predictor.labels)))
     paths = frame["image"].tolist()
-    for start in range(0, len(paths), batch_size):
-        tensors = [predictor.prepare(p)[1] for p in paths[start : start + batch_size]]
-        probs[start : start + len(tensors)] = predictor.probabilities(torch.stack(tensors))
+    probs, errors = predictor.score_paths(paths, batch_size)
     onehot = one_hot(labelled.y, labelled.rule)
     table = pd.DataFrame(
         {
@@ -101,18 +109,22 @@ def score_frame(
     )
     for k, label in enumerate(predictor.labels):
         table[f"p:{label}"] = probs[:, k]
-    return with_decisions(table, predictor.rule, predictor.thresholds)
+    table = table[[error is None for error in errors]].reset_index(drop=True)
+    return with_decisions(table, predictor.rule, predictor.thresholds, criterion_of(predictor.info))
 
 
-def top_losses(table: pd.DataFrame, k: int = 12, label: str | None = None) -> pd.DataFrame:
-    """The posters the model got most wrong (overall, or on one label's own binary loss)."""
+def top_losses(
+    table: pd.DataFrame, k: int = 12, label: str | None = None, criterion: Criterion | None = None
+) -> pd.DataFrame:
+    """The posters the model got most wrong: by the run's loss (``loss`` column), or on one label by that
+    label's share of it (its binary cross-entropy term, weighted as the criterion weighs it)."""
     if table.empty:
         return table
     if label is None:
         return table.sort_values("loss", ascending=False).head(k)
-    p = np.clip(table[f"p:{label}"].to_numpy(), 1e-7, 1 - 1e-7)
-    y = truth_matrix(table)[:, labels_of(table).index(label)]
-    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    criterion = criterion or Criterion("bce")
+    index = labels_of(table).index(label)
+    loss = criterion.label_losses(scores(table), truth_matrix(table))[:, index]
     return table.assign(label_loss=loss).sort_values("label_loss", ascending=False).head(k)
 
 

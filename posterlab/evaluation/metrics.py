@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
+from posterlab.config import MULTILABEL_MONITORS, SINGLE_LABEL_MONITORS
 from posterlab.data.labels import LabelRule
 from posterlab.errors import ConfigError
 
@@ -150,8 +151,19 @@ def evaluate_scores(
     return report
 
 
-MULTILABEL_MONITORS = ("map", "micro_f1", "macro_f1", "roc_auc", "loss")
-SINGLE_LABEL_MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "loss")
+# the figures a run is summed up by (tables, cards, the CLI), per task, most telling first
+HEADLINE = {
+    "multilabel": ("map", "micro_f1", "macro_f1"),
+    "multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
+    "binary": ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"),
+}
+EVERY_HEADLINE = tuple(dict.fromkeys(name for names in HEADLINE.values() for name in names))
+
+
+def headline(task: str, metrics: dict) -> dict[str, float]:
+    """The headline metrics of ``task`` that ``metrics`` has (any task: every known headline metric)."""
+    names = HEADLINE.get(task, EVERY_HEADLINE)
+    return {name: metrics[name] for name in names if metrics.get(name) is not None}
 
 
 def main_metric(rule: LabelRule, monitor: str) -> str:

@@ -1,49 +1,50 @@
-"""The one training loop: every backbone, mode and input kind goes through ``fit``.
+"""The one training loop: every backbone, mode, input kind and number of processes goes through ``fit``.
 
-What changes between modes is only *what* is trained (a head, a backbone's top, the whole network)
-and *what it is fed* (cached embeddings, cached activations, or augmented images). Both are inputs.
+What changes between modes is only *what* is trained (a head, a backbone's top, the whole network) and
+*what it is fed* (cached embeddings, cached activations, or augmented images): a ``Learner`` and two
+datasets. Everything around the loop (progress events, stop requests, gradual unfreezing, checkpoints)
+is a ``Callback``, as in fastai: ``before_epoch`` / ``before_batch`` / ``after_batch`` / ``after_epoch``,
+and ``StopRequested`` raised at a batch boundary ends the fit through its normal exit (fastai's
+``CancelFitException``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import timm.loss
+import timm.optim
+import timm.scheduler
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from posterlab.config import AugmentConfig, TrainConfig
 from posterlab.data.images import load_image
 from posterlab.data.labels import LabelRule
 from posterlab.data.transforms import Preprocess
 from posterlab.evaluation.metrics import multilabel_metrics, single_label_metrics, tune_thresholds
-from posterlab.events import EpochEnd, EventSink, Progress, StopRequested, ignore
-from posterlab.models.factory import freeze_norm_stats
+from posterlab.events import StopRequested
+from posterlab.models.factory import feature_levels, freeze_norm_stats
+from posterlab.training.criterion import Criterion
+from posterlab.training.distributed import SINGLE, Dist
 
 # ---------------------------------------------------------------------------------------- inputs
 
 
 class CachedInputs(Dataset):
-    """Cached frozen-part outputs per view. Training draws one view at random (flips and other fits
-    are free augmentation); evaluation returns the ``eval_views`` stacked and the loop averages them."""
+    """Cached frozen-part outputs per view. Training draws one view at random (flips and other fits are
+    free augmentation); evaluation returns the ``eval_views`` stacked and the loop averages them.
 
-    def __init__(
-        self,
-        views: dict[str, np.ndarray],
-        y: np.ndarray,
-        rows: np.ndarray,
-        train: bool,
-        eval_views: list[str],
-    ) -> None:
-        self.train_views = [torch.from_numpy(np.ascontiguousarray(v)) for v in views.values()]
-        self.eval_views = [torch.from_numpy(np.ascontiguousarray(views[name])) for name in eval_views]
+    ``views`` maps a view name to anything indexable by dataset row (an array, a memory-mapped table)."""
+
+    def __init__(self, views: dict, y: np.ndarray, rows: np.ndarray, train: bool, eval_views: list[str]):
+        self.train_views = list(views.values())
+        self.eval_views = [views[name] for name in eval_views]
         self.y = torch.from_numpy(y)
         self.rows = rows
         self.train = train
@@ -55,8 +56,9 @@ class CachedInputs(Dataset):
         row = int(self.rows[index])
         if self.train:
             view = self.train_views[random.randrange(len(self.train_views))]
-            return view[row].float(), self.y[row]
-        return torch.stack([v[row].float() for v in self.eval_views]), self.y[row]
+            return torch.from_numpy(np.array(view[row], dtype=np.float32)), self.y[row]
+        stacked = np.stack([np.asarray(v[row], dtype=np.float32) for v in self.eval_views])
+        return torch.from_numpy(stacked), self.y[row]
 
 
 class ImageInputs(Dataset):
@@ -71,12 +73,16 @@ class ImageInputs(Dataset):
         preprocesses: list[Preprocess],
         train: bool,
         augment: AugmentConfig,
+        raw: bool = False,
     ) -> None:
         self.paths = paths
         self.y = torch.from_numpy(y)
         self.rows = rows
         self.train = train
-        self.transforms = [p.train_transform(augment) if train else p.eval_transform() for p in preprocesses]
+        # raw: uint8 pictures, normalised by the loop on the device (workers then decode and resample only)
+        self.transforms = [
+            p.train_transform(augment, raw) if train else p.eval_transform(raw) for p in preprocesses
+        ]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,51 +98,109 @@ class ImageInputs(Dataset):
 # ---------------------------------------------------------------------------------------- pieces
 
 
-def make_loss(
-    rule: LabelRule, config: TrainConfig, weights: np.ndarray | None, device: torch.device
-) -> nn.Module:
-    weight = torch.as_tensor(weights, device=device) if weights is not None else None
-    loss = config.loss if config.loss != "auto" else ("bce" if rule.multilabel else "ce")
-    if rule.multilabel:
-        if loss == "ce":
-            raise ValueError("loss 'ce' is for single-label targets; use bce or asl for genres")
-        if loss == "asl":
-            return timm.loss.AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05, pos_weight=weight)
-        return nn.BCEWithLogitsLoss(pos_weight=weight)
-    if loss != "ce":
-        raise ValueError(f"loss {loss!r} is for multi-label targets; use ce for a single label")
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+@dataclass
+class Learner:
+    """What the loop trains and how it is judged: one object instead of a long parameter list."""
+
+    module: nn.Module  # inputs → logits (a whole PosterModel, or the trainable top of one)
+    head: nn.Module  # trains at the full learning rate; everything else at lr * backbone_lr_scale
+    backbone: nn.Module | None  # the timm backbone the module's other parameters belong to (lr by level)
+    parameters: list[nn.Parameter]  # every parameter that may train (gradual unfreezing switches later)
+    criterion: Criterion
+    rule: LabelRule
+    monitor: str  # the validation metric that picks the best epoch and stops early
+    device: torch.device
+    dist: Dist = SINGLE
+    workers: int = 0  # data-loader processes
+    normalize: Preprocess | None = None  # inputs come as uint8: normalise them on the device like this
 
 
-def make_optimizer(params: list[nn.Parameter], head: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Head at ``lr``; every other parameter that trains at ``lr * backbone_lr_scale``."""
-    head_ids = {id(p) for p in head.parameters()}
-    head_params = [p for p in params if id(p) in head_ids]
-    body_params = [p for p in params if id(p) not in head_ids]
-    groups = [{"params": head_params, "lr": config.lr}]
-    if body_params:
-        groups.append({"params": body_params, "lr": config.lr * config.backbone_lr_scale})
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 on GPUs that compute it natively (compute capability 8.0 and up), fp16 (with loss scaling)
+    on older ones, None (full precision) on CPUs or with AMP off.
+
+    ``torch.cuda.is_bf16_supported()`` is true through emulation on pre-Ampere GPUs, which is slow."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
+def autocast(device: torch.device, amp: bool):
+    dtype = amp_dtype(device, amp)
+    return (
+        torch.autocast("cuda", dtype=dtype)
+        if dtype is not None
+        else torch.autocast(device.type, enabled=False)
+    )
+
+
+def _levels_of(backbone: nn.Module | None) -> dict[int, int]:
+    """id(parameter) → how many feature levels below the top its stage is (0: the top stage, or after it).
+
+    Modules come in forward order; a module belongs to the first level it is in or comes before."""
+    if backbone is None:
+        return {}
+    levels = feature_levels(backbone)
+    depth_of_module: dict[str, int] = {}
+    level, seen = 0, False
+    for name, _ in backbone.named_modules():
+        inside = name == levels[level] or name.startswith(levels[level] + ".")
+        if seen and not inside and level < len(levels) - 1:
+            level, seen = level + 1, False
+            inside = name == levels[level] or name.startswith(levels[level] + ".")
+        seen = seen or inside
+        depth_of_module[name] = len(levels) - 1 - level
+    out = {}
+    for name, parameter in backbone.named_parameters():
+        out[id(parameter)] = depth_of_module.get(name.rpartition(".")[0], 0)
+    return out
+
+
+def param_groups(learner: Learner, config: TrainConfig) -> list[dict]:
+    """Parameter groups for ``timm.optim.create_optimizer_v2``, as timm's own helpers make them: no
+    weight decay on biases and norm weights (1-d tensors); ``lr_scale`` 1 for the head and
+    ``backbone_lr_scale * layer_decay ** depth`` for a backbone stage ``depth`` levels below the top."""
+    head_ids = {id(p) for p in learner.head.parameters()}
+    depth = _levels_of(learner.backbone)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for parameter in learner.parameters:
+        if id(parameter) in head_ids:
+            scale = 1.0
+        else:
+            scale = config.backbone_lr_scale * config.layer_decay ** depth.get(id(parameter), 0)
+        decay = 0.0 if parameter.ndim <= 1 else config.weight_decay
+        groups.setdefault((scale, decay), []).append(parameter)
+    return [{"params": ps, "lr_scale": s, "weight_decay": d} for (s, d), ps in groups.items()]
+
+
+def make_optimizer(learner: Learner, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov momentum 0.9) through timm's optimizer factory."""
+    name = "adamw" if config.optimizer == "adamw" else "nesterov"
+    extra = {"momentum": 0.9} if name == "nesterov" else {}
+    fused = learner.device.type == "cuda" and name == "adamw"
+    return timm.optim.create_optimizer_v2(
+        param_groups(learner, config),
+        opt=name,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        **extra,
+        **({"fused": True} if fused else {}),
+    )
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> timm.scheduler.Scheduler:
+    """Per-epoch learning rates from timm's schedulers: linear warm-up, then cosine to zero, a 10x drop
+    every ``step_every`` epochs, or constant. Stateless: ``step(epoch)`` sets that epoch's rates."""
+    warm = {"warmup_t": config.warmup_epochs, "warmup_lr_init": config.lr / (config.warmup_epochs + 1)}
+    if config.schedule == "cosine":
+        return timm.scheduler.CosineLRScheduler(
+            optimizer, t_initial=max(config.epochs - config.warmup_epochs, 1), warmup_prefix=True, **warm
         )
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch factor: linear warm-up, then cosine to zero or a 10x drop every ``step_every`` epochs."""
-
-    def factor(epoch: int) -> float:
-        if epoch < config.warmup_epochs:
-            return (epoch + 1) / (config.warmup_epochs + 1)
-        if config.schedule == "cosine":
-            span = max(config.epochs - config.warmup_epochs, 1)
-            return 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
-        if config.schedule == "step":
-            return 0.1 ** ((epoch - config.warmup_epochs) // max(config.step_every, 1))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if config.schedule == "step":
+        return timm.scheduler.StepLRScheduler(
+            optimizer, decay_t=max(config.step_every, 1), decay_rate=0.1, **warm
+        )
+    return timm.scheduler.StepLRScheduler(optimizer, decay_t=10**9, decay_rate=1.0, **warm)
 
 
 def seed_everything(seed: int) -> None:
@@ -149,221 +213,250 @@ def higher_is_better(metric: str) -> bool:
     return metric not in ("loss", "hamming")
 
 
-# ---------------------------------------------------------------------------------------- loop
+# ------------------------------------------------------------------------------------ callbacks
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if x.ndim == 4 and device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+class Callback:
+    """A piece around the loop; override what it needs. ``fit`` is the running ``Fit``."""
 
+    def before_fit(self, fit: Fit) -> None: ...
 
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return torch.autocast(
-            "cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        )
-    return torch.autocast(device.type, enabled=False)
+    def before_epoch(self, fit: Fit) -> None: ...
 
+    def before_batch(self, fit: Fit) -> None: ...
 
-def train_one_epoch(
-    module: nn.Module,
-    loader: DataLoader,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    amp: bool,
-    scaler: torch.amp.GradScaler | None,
-    should_stop: Callable[[], bool],
-    on_event: EventSink,
-    epoch: int,
-) -> float:
-    """One pass over ``loader``; checks for a stop request before every batch."""
-    module.train()
-    freeze_norm_stats(module)
-    total, count = 0.0, 0
-    steps = len(loader)
-    for step, (x, y) in enumerate(loader, start=1):
-        if should_stop():
-            raise StopRequested()
-        x, y = _to_device(x, device), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            loss = loss_fn(module(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        total += float(loss.detach()) * len(y)
-        count += len(y)
-        if steps > 20 and (step % max(steps // 20, 1) == 0 or step == steps):
-            on_event(Progress("training", step, steps, f"epoch {epoch + 1}"))
-    return total / max(count, 1)
+    def after_batch(self, fit: Fit) -> None: ...
 
+    def after_epoch(self, fit: Fit) -> None: ...
 
-@torch.no_grad()
-def predict(
-    module: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    amp: bool,
-    multilabel: bool,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities averaged over each item's views, and the targets."""
-    module.eval()
-    probs, targets = [], []
-    for views, y in loader:
-        if should_stop():
-            raise StopRequested()
-        batch, count = views.shape[0], views.shape[1]
-        x = _to_device(views.flatten(0, 1), device)
-        with _autocast(device, amp):
-            logits = module(x).float()
-        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-        probs.append(p.view(batch, count, -1).mean(dim=1).cpu().numpy())
-        targets.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(targets)
-
-
-def score(rule: LabelRule, y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Validation metrics (multi-label F1s use thresholds tuned on these scores) and the loss."""
-    eps = 1e-7
-    if rule.multilabel:
-        loss = float(-(y * np.log(probs + eps) + (1 - y) * np.log(1 - probs + eps)).mean())
-        metrics = multilabel_metrics(y, probs, tune_thresholds(y, probs))
-    else:
-        loss = float(-np.log(probs[np.arange(len(y)), y] + eps).mean())
-        metrics = single_label_metrics(y, probs)
-    metrics["loss"] = loss
-    return metrics
+    def after_fit(self, fit: Fit) -> None: ...
 
 
 @dataclass
 class FitState:
-    """What a resumed fit continues from (also written after every epoch)."""
+    """Where a fit stands; what a resumed fit continues from (also written after every epoch)."""
 
-    epoch: int = 0
+    epoch: int = 0  # epochs completed
     best_metric: float = float("nan")
     best_epoch: int = -1
     bad_epochs: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
+    session: int = 0  # 0 for the first attempt; one more for every resume (a restart included)
+
+
+@dataclass
+class Fit:
+    """One fit in progress, as callbacks see it."""
+
+    learner: Learner
+    config: TrainConfig
+    state: FitState
+    optimizer: torch.optim.Optimizer
+    schedule: timm.scheduler.Scheduler
+    scaler: torch.amp.GradScaler | None
+    module: nn.Module  # the learner's module, wrapped for several processes
+    epoch: int = 0  # the epoch running (0-based)
+    step: int = 0  # batch within the epoch (1-based after the first)
+    steps: int = 0
+    row: dict = field(default_factory=dict)  # the finished epoch's history row (after_epoch)
+    improved: bool = False
+
+    def rewrap(self) -> None:
+        """Rebuild the process wrapper after the trainable parameters changed."""
+        self.module = self.learner.dist.wrap(self.learner.module, self.learner.device)
+
+
+def _run(callbacks: Sequence[Callback], event: str, fit: Fit) -> None:
+    for callback in callbacks:
+        getattr(callback, event)(fit)
+
+
+# ---------------------------------------------------------------------------------------- loop
+
+
+def _to_device(x: torch.Tensor, learner: Learner) -> torch.Tensor:
+    device = learner.device
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = learner.normalize.normalize_on(x)
+    if x.ndim == 4 and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _loader(dataset: Dataset, batch_size: int, learner: Learner, sampler=None) -> DataLoader:
+    workers = learner.workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=sampler is not None and len(dataset) > batch_size * learner.dist.world,
+        num_workers=workers,
+        pin_memory=learner.device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def train_one_epoch(fit: Fit, loader: DataLoader, callbacks: Sequence[Callback]) -> float:
+    """One pass over ``loader``; callbacks run around every batch. The running loss stays on the device
+    (no host sync per step); the mean over this process's posters is read once at the end."""
+    learner = fit.learner
+    fit.module.train()
+    freeze_norm_stats(learner.module)
+    total = torch.zeros((), device=learner.device)
+    count = 0
+    fit.steps = len(loader)
+    for fit.step, (x, y) in enumerate(loader, start=1):
+        _run(callbacks, "before_batch", fit)
+        x, y = _to_device(x, learner), y.to(learner.device, non_blocking=True)
+        with autocast(learner.device, fit.config.amp):
+            loss = learner.criterion(fit.module(x).float(), y)
+        fit.optimizer.zero_grad(set_to_none=True)
+        if fit.scaler is not None:
+            fit.scaler.scale(loss).backward()
+            fit.scaler.step(fit.optimizer)
+            fit.scaler.update()
+        else:
+            loss.backward()
+            fit.optimizer.step()
+        total += loss.detach() * len(y)
+        count += len(y)
+        _run(callbacks, "after_batch", fit)
+    return float(total) / max(count, 1)
+
+
+@torch.no_grad()
+def predict(
+    learner: Learner,
+    dataset: Dataset,
+    batch_size: int,
+    amp: bool,
+    callbacks: Sequence[Callback] = (),
+    fit=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities averaged over each item's views, and the targets, for every item of ``dataset`` in
+    order. With several processes each scores its ``shard`` and the results are gathered."""
+    dist = learner.dist
+    shard = dist.shard(len(dataset))
+    loader = _loader(Subset(dataset, shard.tolist()) if dist.active else dataset, batch_size, learner)
+    module = learner.module.eval()
+    probs, targets = [], []
+    for views, y in loader:
+        if fit is not None:
+            _run(callbacks, "before_batch", fit)
+        batch, count = views.shape[0], views.shape[1]
+        x = _to_device(views.flatten(0, 1), learner)
+        with autocast(learner.device, amp):
+            logits = module(x).float()
+        p = torch.sigmoid(logits) if learner.rule.multilabel else torch.softmax(logits, dim=1)
+        probs.append(p.view(batch, count, -1).mean(dim=1).cpu().numpy())
+        targets.append(y.numpy())
+    classes = len(learner.rule.labels)
+    local_p = np.concatenate(probs) if probs else np.zeros((0, classes), dtype=np.float32)
+    local_y = np.concatenate(targets) if targets else np.zeros((0,), dtype=np.int64)
+    return dist.gather_rows(local_p, len(dataset)), dist.gather_rows(local_y, len(dataset))
+
+
+def score(rule: LabelRule, criterion: Criterion, y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Validation metrics (multi-label F1s use thresholds tuned on these scores) and the run's own loss."""
+    if rule.multilabel:
+        metrics = multilabel_metrics(y, probs, tune_thresholds(y, probs))
+    else:
+        metrics = single_label_metrics(y, probs)
+    metrics["loss"] = criterion.mean(criterion.from_probabilities(probs, y), y)
+    return metrics
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load saved optimizer state, each moment in its parameter's own memory layout (channels_last
+    parameters with plain-layout moments would take the optimizer's slow per-tensor path)."""
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    optimizer.state[parameter][name] = torch.empty_like(parameter).copy_(value)
+
+
+def _epoch_row(fit: Fit, train_loss: float, metrics: dict, lr: float, seconds: float) -> dict:
+    return {
+        "epoch": fit.epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": metrics["loss"],
+        "lr": lr,
+        "seconds": seconds,
+        "session": fit.state.session,
+        **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
+    }
 
 
 def fit(
-    module: nn.Module,
-    head: nn.Module,
+    learner: Learner,
     train_set: Dataset,
     val_set: Dataset,
-    rule: LabelRule,
     config: TrainConfig,
-    loss_fn: nn.Module,
-    device: torch.device,
-    monitor: str,
-    on_event: EventSink = ignore,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_epoch: Callable[[FitState, torch.optim.Optimizer, object], None] | None = None,
-    unfreeze: Callable[[int], None] | None = None,
-    parameters: list[nn.Parameter] | None = None,
+    callbacks: Sequence[Callback] = (),
     state: FitState | None = None,
-    optimizer_state: dict | None = None,
-    num_workers: int = 0,
+    resume: dict | None = None,
 ) -> FitState:
-    """Train ``module`` for ``config.epochs`` with early stopping on ``monitor``; keep the best weights.
+    """Train ``learner`` for ``config.epochs`` with early stopping on its monitor; keep the best weights.
 
-    A stop request ends the current epoch early and returns with ``stopped=True`` (the best weights so
-    far are kept); ``on_epoch`` is called after every epoch (checkpointing, status). ``unfreeze(epoch)``
-    sets which parameters train in that epoch (gradual unfreezing).
-    """
-    module.to(device)
+    ``config.batch_size`` is the global batch (each of several processes takes its share). A ``StopRequested``
+    from a callback ends the fit at a batch boundary with ``stopped=True``; the best weights so far are
+    loaded either way. ``resume`` holds optimizer (and loss-scaler) state saved by a checkpoint."""
+    learner.module.to(learner.device)
+    if learner.device.type == "cuda":  # what timm's train.py sets: fastest kernels for fixed shapes, TF32
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     state = state or FitState()
-    pin = device.type == "cuda"
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > config.batch_size,
-        num_workers=num_workers,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-    )
-    val_loader = DataLoader(
-        val_set,
-        batch_size=max(config.batch_size, 64),
-        num_workers=num_workers,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-    )
-    # every parameter that may train (gradual unfreezing switches requires_grad on later)
-    parameters = parameters if parameters is not None else [p for p in module.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, head, config)
+    sampler = learner.dist.train_sampler(train_set, config.seed)
+    train_loader = _loader(train_set, learner.dist.local_batch(config.batch_size), learner, sampler)
+    optimizer = make_optimizer(learner, config)
     schedule = make_schedule(optimizer, config)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
-        schedule.load_state_dict(optimizer_state["schedule"])
-    scaler = (
-        torch.amp.GradScaler("cuda")
-        if device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
-        else None
-    )
-    better = higher_is_better(monitor)
-    for epoch in range(state.epoch, config.epochs):
-        started = time.monotonic()
-        if unfreeze is not None:
-            unfreeze(epoch)
-        try:
-            train_loss = train_one_epoch(
-                module,
-                train_loader,
-                loss_fn,
-                optimizer,
-                device,
-                config.amp,
-                scaler,
-                should_stop,
-                on_event,
-                epoch,
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(learner.device, config.amp) == torch.float16 else None
+    if resume is not None:
+        _restore_optimizer(optimizer, resume["optimizer"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+    current = Fit(learner, config, state, optimizer, schedule, scaler, learner.module)
+    current.rewrap()
+    better = higher_is_better(learner.monitor)
+    eval_batch = max(config.batch_size, 64)
+    _run(callbacks, "before_fit", current)
+    try:
+        for current.epoch in range(state.epoch, config.epochs):
+            started = time.monotonic()
+            schedule.step(current.epoch)
+            sampler.set_epoch(current.epoch)
+            _run(callbacks, "before_epoch", current)
+            train_loss = train_one_epoch(current, train_loader, callbacks)
+            probs, y = predict(learner, val_set, eval_batch, config.amp, callbacks, current)
+            metrics = score(learner.rule, learner.criterion, y, probs)
+            value = metrics[learner.monitor]
+            current.improved = math.isnan(state.best_metric) or (
+                value > state.best_metric if better else value < state.best_metric
             )
-            probs, y = predict(module, val_loader, device, config.amp, rule.multilabel, should_stop)
-        except StopRequested:
-            state.stopped = True
-            break
-        lr = optimizer.param_groups[0]["lr"]
-        schedule.step()
-        metrics = score(rule, y, probs)
-        value = metrics[monitor]
-        improved = math.isnan(state.best_metric) or (
-            value > state.best_metric if better else value < state.best_metric
-        )
-        if improved:
-            state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
-            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
-        else:
-            state.bad_epochs += 1
-        seconds = time.monotonic() - started
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": metrics["loss"],
-            "lr": lr,
-            "seconds": seconds,
-            **{f"val_{k}": v for k, v in metrics.items() if k != "loss"},
-        }
-        state.history.append(row)
-        state.epoch = epoch + 1
-        on_event(
-            EpochEnd(epoch + 1, config.epochs, train_loss, metrics["loss"], metrics, lr, seconds, improved)
-        )
-        if on_epoch is not None:
-            on_epoch(state, optimizer, schedule)
-        if config.patience and state.bad_epochs >= config.patience:
-            break
+            if current.improved:
+                state.best_metric, state.best_epoch, state.bad_epochs = value, current.epoch, 0
+                state.best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in learner.module.state_dict().items()
+                }
+            else:
+                state.bad_epochs += 1
+            lr = next((g["lr"] for g in optimizer.param_groups if g.get("lr_scale") == 1.0), config.lr)
+            current.row = _epoch_row(current, train_loss, metrics, lr, time.monotonic() - started)
+            state.history.append(current.row)
+            state.epoch = current.epoch + 1
+            _run(callbacks, "after_epoch", current)
+            if config.patience and state.bad_epochs >= config.patience:
+                break
+    except StopRequested:
+        state.stopped = True
+    _run(callbacks, "after_fit", current)
     if state.best_state is not None:
-        module.load_state_dict(state.best_state)
+        learner.module.load_state_dict(state.best_state)
     return state

@@ -3,18 +3,21 @@
 ``train_run`` and ``resume_run`` are what the command line, the background manager and the tests call.
 Whatever happens, the run folder ends with a status: ``completed``, ``stopped`` (a stop request, honoured
 at a batch boundary, still evaluates and saves the best weights so far) or ``failed`` with the error.
+Under ``torchrun`` every process runs the same code with its ``Dist``; rank 0 alone writes the folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,6 @@ import pandas as pd
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from posterlab import __version__, settings
 from posterlab.config import RunConfig, TrainConfig
@@ -31,9 +33,22 @@ from posterlab.data.labels import LabelRule, one_hot
 from posterlab.data.prepare import Prepared, prepare_data
 from posterlab.data.split import kfold_indices
 from posterlab.data.transforms import Preprocess
-from posterlab.errors import ConfigError, PosterlabError, RunError
-from posterlab.evaluation.metrics import evaluate_scores, main_metric, tune_thresholds
-from posterlab.events import EventSink, Finished, Message, Progress, Started, StopRequested, ignore
+from posterlab.errors import ConfigError, RunError, one_line
+from posterlab.evaluation.metrics import evaluate_scores, headline, main_metric, tune_thresholds
+from posterlab.events import (
+    Control,
+    EpochEnd,
+    Event,
+    EventSink,
+    Finished,
+    Message,
+    Progress,
+    Started,
+    StopRequested,
+    ignore,
+    never,
+    to_json,
+)
 from posterlab.models.factory import (
     PosterModel,
     boundary_for,
@@ -42,22 +57,33 @@ from posterlab.models.factory import (
     split_backbone,
     weights_id,
 )
-from posterlab.runs import RunFolder, load_run, load_tensors, now_iso, save_tensors
-from posterlab.training.features import compute_features, feature_key, views_for
+from posterlab.runs import RunFolder, list_runs, load_run, load_tensors, now_iso, save_tensors
+from posterlab.training import distributed
+from posterlab.training.criterion import Criterion
+from posterlab.training.distributed import SINGLE, Dist
+from posterlab.training.features import (
+    Extraction,
+    Runtime,
+    compute_features,
+    default_workers,
+    feature_key,
+    views_for,
+)
 from posterlab.training.loop import (
     CachedInputs,
+    Callback,
+    Fit,
     FitState,
     ImageInputs,
+    Learner,
+    amp_dtype,
     fit,
     higher_is_better,
-    make_loss,
     predict,
     seed_everything,
 )
 
 log = logging.getLogger(__name__)
-
-Never: Callable[[], bool] = lambda: False  # noqa: E731
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +95,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, dist: Dist, config: RunConfig) -> dict:
+    """Versions, device and processes, saved in ``config.json``."""
     return {
         "posterlab": __version__,
         "python": platform.python_version(),
@@ -80,108 +107,158 @@ def environment(device: torch.device) -> dict:
         if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "created": now_iso(),
+        "world_size": dist.world,
+        "backend": dist.backend or "none",
+        "per_process_batch": dist.local_batch(config.train.batch_size),
+        "launcher": _launcher() if dist.active else None,
     }
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (
-        text[0]
-        if text and isinstance(error, PosterlabError)
-        else f"{type(error).__name__}: {text[0] if text else ''}".strip()
-    )
+def _launcher() -> dict:
+    """Who started this process group: torchrun's agent (the parent of every worker, the same across
+    elastic restarts) and its rendezvous id. A restarted group finds its run folder by these."""
+    return {"pid": os.getppid(), "run_id": os.environ.get("TORCHELASTIC_RUN_ID", "")}
+
+
+# ----------------------------------------------------------------------------------------- entry
 
 
 def train_run(
     config: RunConfig,
     checkpoints: Path | None = None,
     on_event: EventSink = ignore,
-    should_stop: Callable[[], bool] = Never,
+    should_stop: Callable[[], bool] = never,
+    dist: Dist = SINGLE,
 ) -> Path:
-    """Train a new run under ``checkpoints`` (default ``./checkpoints``); returns its folder."""
-    device = resolve_device(config.train.device)
-    folder = RunFolder.create(checkpoints or settings.checkpoints_dir(), config, environment(device))
-    return _run(folder, config, device, on_event, should_stop, resume=False)
+    """Train a new run under ``checkpoints`` (default ``./checkpoints``); returns its folder.
+
+    Under torchrun (``dist`` with several processes) rank 0 creates the folder and the others learn its
+    path; after an elastic restart the group resumes the run it was training instead."""
+    device = dist.device(resolve_device(config.train.device))
+    root = Path(checkpoints or settings.checkpoints_dir())
+    restarted = _restarted_run(root, dist)
+    if restarted is not None:
+        return resume_run(restarted, on_event, should_stop, dist)
+    path = None
+    if dist.main:
+        path = RunFolder.create(root, config, environment(device, dist, config)).path
+    path = Path(dist.broadcast(str(path) if path else None))
+    folder = RunFolder(path, writes=dist.main)
+    return _run(folder, config, device, Control(on_event, should_stop), dist, resume=False)
 
 
-def resume_run(run_dir: Path, on_event: EventSink = ignore, should_stop: Callable[[], bool] = Never) -> Path:
-    """Continue a stopped or interrupted run from its last finished epoch."""
+def resume_run(
+    run_dir: Path,
+    on_event: EventSink = ignore,
+    should_stop: Callable[[], bool] = never,
+    dist: Dist = SINGLE,
+) -> Path:
+    """Continue a stopped or interrupted run from its last finished epoch (on any number of processes)."""
     run = load_run(run_dir)
     if run.state == "completed":
         raise RunError(f"{run.path}: already completed; start a new run to train more")
-    if not (run.path / "resume.json").exists():
+    if not (run.path / "resume.safetensors").exists():
         raise RunError(f"{run.path}: no resume checkpoint (it ended before its first epoch); start a new run")
-    device = resolve_device(run.config.train.device)
-    folder = RunFolder(run.path)
-    folder.set_status("running", resumed=now_iso())
-    return _run(folder, run.config, device, on_event, should_stop, resume=True)
+    device = dist.device(resolve_device(run.config.train.device))
+    folder = RunFolder(run.path, writes=dist.main)
+    dist.barrier()  # every process has read the folder before rank 0 changes its status
+    folder.clear_stop()
+    before = run.status.get("seconds") or sum(row.get("seconds", 0) for row in run.history)
+    folder.set_status("running", resumed=now_iso(), world_size=dist.world, seconds_before=round(before, 1))
+    return _run(folder, run.config, device, Control(on_event, should_stop), dist, resume=True)
+
+
+def _restarted_run(root: Path, dist: Dist) -> Path | None:
+    """After torchrun restarted the group: the unfinished run the same launcher was training."""
+    if not dist.active or distributed.restart_count() == 0:
+        return None
+    found = None
+    if dist.main:
+        me = _launcher()
+        for run in list_runs(root):  # newest first
+            if (run.environment.get("launcher") or {}) == me and run.state != "completed":
+                found = str(run.path) if (run.path / "resume.safetensors").exists() else None
+                break
+    found = dist.broadcast(found)
+    return Path(found) if found else None
+
+
+class _EventLog:
+    """The run's events to the caller's sink and, on rank 0, to ``events.jsonl`` (followed by the app
+    when the run trains in other processes)."""
+
+    def __init__(self, folder: RunFolder, sink: EventSink, dist: Dist) -> None:
+        self.folder, self.sink, self.dist = folder, sink, dist
+        self.last_progress = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if not self.dist.main:
+            return
+        # progress goes to the file twice a second at most (and at the end of a stage): a reader only
+        # needs the latest, and a 100,000-poster scan would otherwise write 100,000 lines
+        now = time.monotonic()
+        if not isinstance(event, Progress) or event.done >= event.total or now - self.last_progress >= 0.5:
+            self.folder.append_event(to_json(event))
+            if isinstance(event, Progress):
+                self.last_progress = now
+        self.sink(event)
 
 
 def _run(
-    folder: RunFolder,
-    config: RunConfig,
-    device: torch.device,
-    on_event: EventSink,
-    should_stop: Callable[[], bool],
-    resume: bool,
+    folder: RunFolder, config: RunConfig, device: torch.device, control: Control, dist: Dist, resume: bool
 ) -> Path:
     started = time.monotonic()
-    on_event(Started(str(folder.path), resumed=resume))
+    log_events = _EventLog(folder, control.on_event, dist)
+    asked = control.should_stop
+    control = Control(log_events, lambda: asked() or folder.stop_requested())
+    log_events(Started(str(folder.path), resumed=resume))
     try:
-        headline, stopped = _train(folder, config, device, on_event, should_stop, resume)
+        result = _train(folder, config, device, control, dist, resume)
     except StopRequested:
         folder.set_status(
-            "stopped", finished=now_iso(), note="stopped before the first epoch finished; nothing to keep"
+            "stopped",
+            finished=now_iso(),
+            note="stopped before the first epoch finished; nothing to keep",
+            reason="stop requested",
         )
-        on_event(Finished("stopped", str(folder.path)))
+        log_events(Finished("stopped", str(folder.path)))
         return folder.path
     except BaseException as error:
-        message = _one_line(error)
+        message = one_line(error)
         folder.set_status("failed", finished=now_iso(), error=message)
-        on_event(Finished("failed", str(folder.path), error=message))
+        log_events(Finished("failed", str(folder.path), error=message))
         raise
-    status = "stopped" if stopped else "completed"
-    folder.set_status(
-        status, finished=now_iso(), seconds=round(time.monotonic() - started, 1), metrics=headline
-    )
-    on_event(Finished(status, str(folder.path), metrics=headline))
+    finally:
+        folder.clear_stop()
+    status = "stopped" if result.stopped else "completed"
+    seconds = time.monotonic() - started
+    total = seconds + ((load_run(folder.path).status.get("seconds_before") or 0) if resume else 0)
+    fields = {"reason": "stop requested"} if result.stopped else {}
+    folder.set_status(status, finished=now_iso(), seconds=round(total, 1), metrics=result.headline, **fields)
+    log_events(Finished(status, str(folder.path), metrics=result.headline))
     return folder.path
 
 
-def headline_metrics(rule: LabelRule, metrics: dict) -> dict:
-    names = (
-        ("map", "micro_f1", "macro_f1")
-        if rule.multilabel
-        else ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-    )
-    return {k: metrics[k] for k in names if k in metrics}
+# ------------------------------------------------------------------------------------------ plan
 
 
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Setup:
-    """What the loop trains and how its inputs are made, decided once per run."""
+@dataclass
+class Plan:
+    """What the loop trains and what feeds it, decided once per run."""
 
     model: PosterModel
-    trainable: nn.Module
-    make_set: Callable[[np.ndarray, bool], torch.utils.data.Dataset]
-    parameters: list[nn.Parameter]
+    trainable: nn.Module  # the whole model, or (cached inputs) the part after the frozen boundary
+    parameters: list[nn.Parameter]  # every parameter that may train
     preprocess: Preprocess  # the primary fit's
     fits: tuple[str, ...]  # every fit, averaged at test time
-    cached: bool
+    cached: bool  # fed cached frozen-part outputs (probe, CPU finetune)
+    inputs: Callable[[np.ndarray, bool], torch.utils.data.Dataset]  # (rows, train) → dataset
     workers: int
-    feature_seconds: float
+    feature_seconds: float = 0.0
+    raw: bool = False  # image inputs arrive as uint8 and are normalised on the device
 
 
-def _setup(
-    config: RunConfig,
-    prepared: Prepared,
-    device: torch.device,
-    on_event: EventSink,
-    should_stop: Callable[[], bool],
-) -> _Setup:
+def _plan(config: RunConfig, prepared: Prepared, device: torch.device, control: Control, dist: Dist) -> Plan:
     tc = config.train
     labelled = prepared.labelled
     model = create_model(
@@ -193,13 +270,11 @@ def _setup(
     parameters = [p for p in model.parameters() if p.requires_grad]
     paths, digests, y = labelled.frame["image"].tolist(), labelled.frame["digest"].tolist(), labelled.y
     fits = config.data.fits
-    eval_views = [view.name for view in views_for(preprocess, fits, flips=False)]
-
     split = None
     if tc.mode == "finetune" and tc.cache_activations and device.type == "cpu":
         split = split_backbone(model.backbone, boundary)
         if split is None:
-            on_event(
+            control.emit(
                 Message(f"{tc.backbone} cannot be cut at {boundary}; its frozen layers will run every epoch")
             )
     if tc.mode == "probe" or split is not None:
@@ -208,52 +283,221 @@ def _setup(
         )
         views = views_for(preprocess, fits, flips=tc.flip_views)
         start = weights_id(tc.backbone, tc.pretrained, tc.seed)
-        keys = [feature_key(tc.backbone, start, boundary or "", view) for view in views]
+        dtype = amp_dtype(device, tc.amp)
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        keys = [feature_key(tc.backbone, start, boundary or "", view, precision) for view in views]
         what = "embeddings" if tc.mode == "probe" else f"activations after {boundary}"
         shown = ", ".join(view.name for view in views)
-        on_event(Message(f"computing {what} once for {len(paths)} posters ({shown}; cached for later runs)"))
-        begun = time.monotonic()
-        features = compute_features(
-            frozen,
-            paths,
-            digests,
-            views,
-            keys,
-            device,
-            num_workers=tc.num_workers,
-            on_event=on_event,
-            should_stop=should_stop,
-            about=f"{tc.backbone} {what}",
+        control.emit(
+            Message(f"computing {what} once for {len(paths)} posters ({shown}; cached for later runs)")
         )
-        seconds = time.monotonic() - begun
-        if tc.mode != "probe" and device.type == "cpu":
-            frozen.to("cpu")
-        return _Setup(
+        begun = time.monotonic()
+        job = Extraction(frozen, views, keys, about=f"{what} ({len(views)} views)", amp=tc.amp)
+        features = compute_features(
+            job, paths, digests, Runtime(device, dist, tc.num_workers, control=control)
+        )
+        frozen.to("cpu")  # only the trainable part stays on the device
+        eval_views = [view.name for view in views_for(preprocess, fits, flips=False)]
+        return Plan(
             model,
             trainable,
-            lambda rows, train: CachedInputs(features, y, rows, train, eval_views),
             parameters,
             preprocess,
             fits,
             True,
-            0,
-            seconds,
+            lambda rows, train: CachedInputs(features, y, rows, train, eval_views),
+            workers=0,
+            feature_seconds=time.monotonic() - begun,
         )
-    workers = tc.num_workers if tc.num_workers >= 0 else min(8, (os.cpu_count() or 2) - 1)
+    workers = tc.num_workers if tc.num_workers >= 0 else default_workers(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     fitted = [replace(preprocess, fit=fit) for fit in fits]
-    return _Setup(
+    return Plan(
         model,
         model,
-        lambda rows, train: ImageInputs(paths, y, rows, fitted, train, tc.augment),
         parameters,
         preprocess,
         fits,
         False,
-        workers,
-        0.0,
+        lambda rows, train: ImageInputs(paths, y, rows, fitted, train, tc.augment),
+        workers=workers,
     )
+
+
+def _learner(
+    plan: Plan, rule: LabelRule, criterion: Criterion, monitor: str, device: torch.device, dist: Dist
+) -> Learner:
+    return Learner(
+        plan.trainable,
+        plan.model.head,
+        plan.model.backbone,
+        plan.parameters,
+        criterion,
+        rule,
+        monitor,
+        device,
+        dist,
+        plan.workers,
+    )
+
+
+# ------------------------------------------------------------------------------------- callbacks
+
+
+class Events(Callback):
+    """Progress within an epoch (every 5% of its batches) and one ``EpochEnd`` after it."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+
+    def after_batch(self, fit: Fit) -> None:
+        steps = fit.steps
+        if steps > 20 and (fit.step % max(steps // 20, 1) == 0 or fit.step == steps):
+            self.control.emit(Progress("training", fit.step, steps, f"epoch {fit.epoch + 1}"))
+
+    def after_epoch(self, fit: Fit) -> None:
+        row = fit.row
+        metrics = {k[4:]: v for k, v in row.items() if k.startswith("val_")} | {"loss": row["val_loss"]}
+        self.control.emit(
+            EpochEnd(
+                row["epoch"],
+                fit.config.epochs,
+                row["train_loss"],
+                row["val_loss"],
+                metrics,
+                row["lr"],
+                row["seconds"],
+                fit.improved,
+            )
+        )
+
+
+class Stop(Callback):
+    """A stop request ends the fit at the next batch boundary, on every process at the same one."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+
+    def before_batch(self, fit: Fit) -> None:
+        if fit.learner.dist.any(self.control.should_stop(), fit.learner.device):
+            raise StopRequested()
+
+
+class GradualUnfreeze(Callback):
+    """Finetune: one more feature level trains every ``every`` epochs, up to ``levels``."""
+
+    def __init__(self, model: PosterModel, every: int, levels: int) -> None:
+        self.model, self.every, self.levels = model, every, levels
+
+    def before_epoch(self, fit: Fit) -> None:
+        level = min(self.levels, fit.epoch // self.every)
+        before = [p.requires_grad for p in fit.learner.parameters]
+        set_trainable(self.model, boundary_for(self.model.backbone, "finetune" if level else "probe", level))
+        if [p.requires_grad for p in fit.learner.parameters] != before:
+            fit.rewrap()
+
+
+class Checkpoint(Callback):
+    """After every epoch: the resume checkpoint (one safetensors file), history and status, written by
+    rank 0 in a background thread so that the next epoch starts at once (the tensors are copied first)."""
+
+    def __init__(self, folder: RunFolder, hyper: dict, epochs: int) -> None:
+        self.folder, self.hyper, self.epochs = folder, hyper, epochs
+        self.thread: threading.Thread | None = None
+
+    def after_epoch(self, fit: Fit) -> None:
+        if not self.folder.writes:
+            return
+        tensors, meta = _resume_state(fit, self.hyper)
+        history, epoch = list(fit.state.history), fit.state.epoch
+        self.wait()
+
+        def write() -> None:
+            save_tensors(
+                self.folder.path / "resume.safetensors", tensors, metadata={"resume": json.dumps(meta)}
+            )
+            self.folder.write("history.json", history)
+            self.folder.set_status("running", epoch=epoch, epochs=self.epochs)
+
+        self.thread = threading.Thread(target=write, name="posterlab-checkpoint", daemon=True)
+        self.thread.start()
+
+    def after_fit(self, fit: Fit) -> None:
+        self.wait()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+def _resume_state(fit: Fit, hyper: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (module, best weights, optimizer moments) copied to the CPU, and the rest as JSON."""
+    state = fit.state
+    copy = lambda v: v.detach().to("cpu", copy=True)  # noqa: E731
+    tensors = {f"module.{k}": copy(v) for k, v in fit.learner.module.state_dict().items()}
+    if state.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+    optim = fit.optimizer.state_dict()
+    plain: dict[str, dict] = {}
+    for pid, entry in optim["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = copy(value)
+            else:
+                plain.setdefault(str(pid), {})[name] = value
+    meta = {
+        "epoch": state.epoch,
+        "best_metric": state.best_metric if not math.isnan(state.best_metric) else None,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "history": state.history,
+        "session": state.session,
+        "param_groups": optim["param_groups"],
+        "optimizer_state": plain,
+        "scaler": fit.scaler.state_dict() if fit.scaler is not None else None,
+        "hyper": hyper,
+    }
+    return tensors, meta
+
+
+def _load_resume(folder: RunFolder, trainable: nn.Module) -> tuple[FitState, dict]:
+    path = folder.path / "resume.safetensors"
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)  # checked to be safetensors first
+    with safe_open(str(path), "pt") as handle:
+        meta = json.loads((handle.metadata() or {}).get("resume", "{}"))
+    if not meta:
+        raise RunError(f"{path}: not a posterlab resume checkpoint; start a new run")
+    trainable.load_state_dict({k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")})
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    optim_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            optim_state.setdefault(int(pid), {})[name] = value
+    for pid, entry in meta["optimizer_state"].items():
+        optim_state.setdefault(int(pid), {}).update(entry)
+    best_metric = float("nan") if meta["best_metric"] is None else meta["best_metric"]
+    state = FitState(
+        meta["epoch"],
+        best_metric,
+        meta["best_epoch"],
+        meta["bad_epochs"],
+        best,
+        meta["history"],
+        session=meta.get("session", 0) + 1,
+    )
+    saved = {
+        "optimizer": {"state": optim_state, "param_groups": meta["param_groups"]},
+        "scaler": meta.get("scaler"),
+    }
+    return state, saved | {"hyper": meta.get("hyper") or {}}
+
+
+# ---------------------------------------------------------------------------------------- search
 
 
 def _set_dropout(module: nn.Module, p: float) -> None:
@@ -262,58 +506,53 @@ def _set_dropout(module: nn.Module, p: float) -> None:
             sub.p = p
 
 
-def _random_search(
-    setup: _Setup,
-    prepared: Prepared,
-    config: TrainConfig,
-    loss_fn: nn.Module,
-    device: torch.device,
-    monitor: str,
-    seed: int,
-    balance: str,
-    on_event: EventSink,
-    should_stop: Callable[[], bool],
-) -> tuple[TrainConfig, list[dict]]:
+@dataclass
+class _Search:
+    """A random search's inputs: the plan, the data, the balancing, and the learner to train with."""
+
+    plan: Plan
+    prepared: Prepared
+    learner: Learner
+    balance: str
+    control: Control
+
+
+def _random_search(search: _Search, config: TrainConfig) -> tuple[TrainConfig, list[dict]]:
     """Random search over lr / dropout / weight decay (the given values are trial 0); optional k-fold."""
-    rng = np.random.default_rng(seed)
-    initial = {k: v.detach().clone() for k, v in setup.trainable.state_dict().items()}
-    y = prepared.labelled.y
-    labels = len(prepared.labelled.rule.labels)
+    rng = np.random.default_rng(config.seed)
+    plan, y, monitor = search.plan, search.prepared.labelled.y, search.learner.monitor
+    initial = {k: v.detach().clone() for k, v in plan.trainable.state_dict().items()}
+    labels = len(search.prepared.labelled.rule.labels)
+    train, val = search.prepared.split_of("train"), search.prepared.split_of("val")
     if config.search_folds:
-        pool = np.concatenate([prepared.split_of("train"), prepared.split_of("val")])
-        folds = [(pool[a], pool[b]) for a, b in kfold_indices(y[pool], config.search_folds, seed)]
+        pool = np.concatenate([train, val])
+        folds = [(pool[a], pool[b]) for a, b in kfold_indices(y[pool], config.search_folds, config.seed)]
     else:
-        folds = [(prepared.split_of("train"), prepared.split_of("val"))]
+        folds = [(train, val)]
     rows, best = [], (None, config)
     quiet = dataclasses.replace(config, search_trials=0)
     for trial in range(config.search_trials):
-        if trial == 0:
-            candidate = quiet
-        else:
-            candidate = dataclasses.replace(
+        candidate = (
+            quiet
+            if trial == 0
+            else dataclasses.replace(
                 quiet,
                 lr=float(np.exp(rng.uniform(np.log(config.lr / 10), np.log(min(config.lr * 10, 0.5))))),
                 dropout=float(rng.uniform(0.0, 0.6)),
                 weight_decay=float(np.exp(rng.uniform(np.log(1e-6), np.log(1e-1)))),
             )
+        )
         values = []
         for train_rows, val_rows in folds:
-            setup.trainable.load_state_dict(initial)
-            _set_dropout(setup.model.head, candidate.dropout)
-            train_rows = train_rows[resample(y[train_rows], labels, balance, seed)]
+            plan.trainable.load_state_dict(initial)
+            _set_dropout(plan.model.head, candidate.dropout)
+            train_rows = train_rows[resample(y[train_rows], labels, search.balance, config.seed)]
             state = fit(
-                setup.trainable,
-                setup.model.head,
-                setup.make_set(train_rows, True),
-                setup.make_set(val_rows, False),
-                prepared.labelled.rule,
+                search.learner,
+                plan.inputs(train_rows, True),
+                plan.inputs(val_rows, False),
                 candidate,
-                loss_fn,
-                device,
-                monitor,
-                should_stop=should_stop,
-                parameters=setup.parameters,
-                num_workers=setup.workers,
+                [Stop(search.control)],
             )
             if state.stopped:
                 raise StopRequested()
@@ -327,102 +566,41 @@ def _random_search(
             "folds": len(folds),
         }
         rows.append(row)
-        on_event(Progress("searching", trial + 1, config.search_trials, f"{monitor} {row[monitor]:.3f}"))
-        score = row[monitor] if higher_is_better(monitor) else -row[monitor]
-        if best[0] is None or score > best[0]:
-            best = (score, candidate)
-    setup.trainable.load_state_dict(initial)
-    _set_dropout(setup.model.head, best[1].dropout)
-    on_event(
+        search.control.emit(
+            Progress("searching", trial + 1, config.search_trials, f"{monitor} {row[monitor]:.3f}")
+        )
+        value = row[monitor] if higher_is_better(monitor) else -row[monitor]
+        if best[0] is None or value > best[0]:
+            best = (value, candidate)
+    plan.trainable.load_state_dict(initial)
+    _set_dropout(plan.model.head, best[1].dropout)
+    chosen = best[1]
+    search.control.emit(
         Message(
-            f"search picked lr={best[1].lr:.2g} dropout={best[1].dropout:.2f} weight_decay={best[1].weight_decay:.2g}"
+            f"search picked lr={chosen.lr:.2g} dropout={chosen.dropout:.2f} weight_decay={chosen.weight_decay:.2g}"
         )
     )
-    return best[1], rows
+    return chosen, rows
 
 
-def _save_resume(
-    folder: RunFolder, state: FitState, optimizer: torch.optim.Optimizer, schedule, trainable: nn.Module
-) -> None:
-    tensors = {f"module.{k}": v for k, v in trainable.state_dict().items()}
-    if state.best_state is not None:
-        tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
-    optim = optimizer.state_dict()
-    plain_state: dict[str, dict] = {}
-    for pid, entry in optim["state"].items():
-        for name, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{name}"] = value
-            else:
-                plain_state.setdefault(str(pid), {})[name] = value
-    save_tensors(folder.path / "resume.safetensors", tensors)
-    folder.write(
-        "resume.json",
-        {
-            "epoch": state.epoch,
-            "best_metric": state.best_metric,
-            "best_epoch": state.best_epoch,
-            "bad_epochs": state.bad_epochs,
-            "history": state.history,
-            "param_groups": optim["param_groups"],
-            "optimizer_state": plain_state,
-            "schedule": schedule.state_dict(),
-        },
-    )
+# ----------------------------------------------------------------------------------------- train
 
 
-def _load_resume(folder: RunFolder, trainable: nn.Module) -> tuple[FitState, dict]:
-    meta = __import__("json").loads((folder.path / "resume.json").read_text())
-    tensors = load_tensors(folder.path / "resume.safetensors")
-    trainable.load_state_dict({k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")})
-    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    optim_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            optim_state.setdefault(int(pid), {})[name] = value
-    for pid, entry in meta["optimizer_state"].items():
-        optim_state.setdefault(int(pid), {}).update(entry)
-    state = FitState(
-        meta["epoch"],
-        float("nan") if meta["best_metric"] is None else meta["best_metric"],
-        meta["best_epoch"],
-        meta["bad_epochs"],
-        best,
-        meta["history"],
-    )
-    return state, {
-        "optimizer": {"state": optim_state, "param_groups": meta["param_groups"]},
-        "schedule": meta["schedule"],
-    }
+@dataclass
+class _Result:
+    headline: dict
+    stopped: bool
 
 
-def _train(
-    folder: RunFolder,
-    config: RunConfig,
-    device: torch.device,
-    on_event: EventSink,
-    should_stop: Callable[[], bool],
-    resume: bool,
-) -> tuple[dict, bool]:
-    tc, dc = config.train, config.data
-    seed_everything(tc.seed)
-    on_event(Message(f"reading posters from {dc.path}"))
-    prepared = prepare_data(dc, on_event)
-    labelled, rule = prepared.labelled, prepared.labelled.rule
-    frame, y, splits = labelled.frame, labelled.y, prepared.splits
-    labels = len(rule.labels)
-    monitor = main_metric(rule, tc.monitor)  # before any long work: a wrong monitor fails here
-    folder.write("split.json", {name: frame["id"].iloc[rows].tolist() for name, rows in splits.items()})
-    onehot = one_hot(y, rule)
-    prior = onehot[splits["train"]].mean(axis=0)
-    data_summary = {
+def _data_summary(prepared: Prepared, onehot: np.ndarray) -> dict:
+    rule, splits, labelled = prepared.labelled.rule, prepared.splits, prepared.labelled
+    return {
         "dataset": prepared.dataset.name,
         "kind": prepared.dataset.kind,
         "read": prepared.report.total,
         "cleaning_dropped": prepared.report.dropped,
         "cleaning": prepared.report.summary().to_dict(),
-        "labelled": len(frame),
+        "labelled": len(labelled.frame),
         "label_dropped": len(labelled.dropped),
         "label_dropped_reasons": labelled.dropped["reason"].value_counts().to_dict(),
         "rule": rule.describe(),
@@ -432,80 +610,95 @@ def _train(
         },
         "sizes": {name: len(rows) for name, rows in splits.items()},
     }
-    folder.write("data.json", data_summary)
-    on_event(
+
+
+def _prepare(config: RunConfig, folder: RunFolder, control: Control, dist: Dist) -> Prepared:
+    """Read, clean, label and split (every process the same; rank 0 writes the split and a summary)."""
+    control.emit(Message(f"reading posters from {config.data.path}"))
+    if dist.active:  # each process opens its share of the images first, into the shared scan cache
+        from posterlab.data.prepare import warm_scan
+
+        warm_scan(config.data, dist.rank, dist.world)
+        dist.barrier()
+    prepared = prepare_data(config.data, control.on_event)
+    labelled, splits = prepared.labelled, prepared.splits
+    folder.write(
+        "split.json", {name: labelled.frame["id"].iloc[rows].tolist() for name, rows in splits.items()}
+    )
+    folder.write("data.json", _data_summary(prepared, one_hot(labelled.y, labelled.rule)))
+    control.emit(
         Message(
-            f"{len(frame)} posters labelled ({rule.describe()}); {len(labelled.dropped)} dropped without a label"
+            f"{len(labelled.frame)} posters labelled ({labelled.rule.describe()}); {len(labelled.dropped)} dropped without a label"
         )
     )
+    return prepared
 
-    setup = _setup(config, prepared, device, on_event, should_stop)
-    setup.trainable.to(device)
+
+def _train(
+    folder: RunFolder, config: RunConfig, device: torch.device, control: Control, dist: Dist, resume: bool
+) -> _Result:
+    tc, dc = config.train, config.data
+    seed_everything(tc.seed)
+    prepared = _prepare(config, folder, control, dist)
+    rule, y, splits = prepared.labelled.rule, prepared.labelled.y, prepared.splits
+    monitor = main_metric(rule, tc.monitor)  # before any long work: a wrong monitor fails here
+    plan = _plan(config, prepared, device, control, dist)
+    plan.trainable.to(device)
     seed_everything(tc.seed)  # again: extraction may or may not have run (and drawn random numbers)
-    train_rows = splits["train"][resample(y[splits["train"]], labels, dc.balance, dc.seed)]
-    weights = loss_weights(y[splits["train"]], labels) if dc.balance == "weights" else None
-    loss_fn = make_loss(rule, tc, weights, device)
-    chosen = tc
-    if tc.search_trials and not resume:
-        chosen, table = _random_search(
-            setup, prepared, tc, loss_fn, device, monitor, tc.seed, dc.balance, on_event, should_stop
-        )
-        folder.write("search.json", table)
-
-    unfreeze = None
-    if tc.mode == "finetune" and tc.gradual_every > 0:
-
-        def unfreeze(epoch: int) -> None:
-            level = min(tc.unfreeze, epoch // tc.gradual_every)
-            set_trainable(
-                setup.model, boundary_for(setup.model.backbone, "finetune" if level else "probe", level)
-            )
-
-    state, optimizer_state = (None, None)
+    train_rows = splits["train"][resample(y[splits["train"]], len(rule.labels), dc.balance, dc.seed)]
+    weights = loss_weights(y[splits["train"]], len(rule.labels)) if dc.balance == "weights" else None
+    criterion = Criterion.for_target(rule.multilabel, tc.loss, weights, tc.label_smoothing).to(device)
+    learner = _learner(plan, rule, criterion, monitor, device, dist)
+    state, saved, chosen = None, None, tc
     if resume:
-        state, optimizer_state = _load_resume(folder, setup.trainable)
-        on_event(Message(f"resuming after epoch {state.epoch}"))
-
-    last_beat = [0.0]
-
-    def on_epoch(fit_state: FitState, optimizer, schedule) -> None:
-        _save_resume(folder, fit_state, optimizer, schedule, setup.trainable)
-        folder.write("history.json", fit_state.history)
-        folder.set_status("running", epoch=fit_state.epoch, epochs=tc.epochs)
-        last_beat[0] = time.monotonic()
-
-    fit_started = time.monotonic()
+        state, saved = _load_resume(folder, plan.trainable)
+        chosen = replace(tc, **saved["hyper"]) if saved["hyper"] else tc
+        _set_dropout(plan.model.head, chosen.dropout)
+        control.emit(Message(f"resuming after epoch {state.epoch}"))
+    elif tc.search_trials:
+        chosen, table = _random_search(_Search(plan, prepared, learner, dc.balance, control), tc)
+        folder.write("search.json", table)
+    hyper = {"lr": chosen.lr, "dropout": chosen.dropout, "weight_decay": chosen.weight_decay}
+    callbacks: list[Callback] = [Stop(control), Events(control), Checkpoint(folder, hyper, tc.epochs)]
+    if tc.mode == "finetune" and tc.gradual_every > 0:
+        callbacks.insert(0, GradualUnfreeze(plan.model, tc.gradual_every, tc.unfreeze))
+    begun = time.monotonic()
     state = fit(
-        setup.trainable,
-        setup.model.head,
-        setup.make_set(train_rows, True),
-        setup.make_set(splits["val"], False),
-        rule,
+        learner,
+        plan.inputs(train_rows, True),
+        plan.inputs(splits["val"], False),
         chosen,
-        loss_fn,
-        device,
-        monitor,
-        on_event=on_event,
-        should_stop=should_stop,
-        on_epoch=on_epoch,
-        unfreeze=unfreeze,
-        parameters=setup.parameters,
-        state=state,
-        optimizer_state=optimizer_state,
-        num_workers=setup.workers,
+        callbacks,
+        state,
+        saved,
     )
-    fit_seconds = time.monotonic() - fit_started
+    fit_seconds = time.monotonic() - begun
     if state.best_state is None:
         raise StopRequested()
+    headline_values = _finish(folder, config, prepared, plan, learner, state, chosen, fit_seconds, control)
+    return _Result(headline_values, state.stopped)
 
-    on_event(Progress("evaluating", 0, 2))
+
+def _finish(
+    folder: RunFolder,
+    config: RunConfig,
+    prepared: Prepared,
+    plan: Plan,
+    learner: Learner,
+    state: FitState,
+    chosen: TrainConfig,
+    fit_seconds: float,
+    control: Control,
+) -> dict:
+    """Score validation and test with the best weights; rank 0 writes model, metrics and predictions."""
+    tc, rule, splits = config.train, learner.rule, prepared.splits
+    labelled = prepared.labelled
+    control.emit(Progress("evaluating", 0, 2))
     results = {}
     for name in ("val", "test"):
-        loader = DataLoader(
-            setup.make_set(splits[name], False), batch_size=max(tc.batch_size, 64), num_workers=setup.workers
-        )
-        results[name] = predict(setup.trainable, loader, device, tc.amp, rule.multilabel)
-        on_event(Progress("evaluating", len(results), 2))
+        results[name] = predict(learner, plan.inputs(splits[name], False), max(tc.batch_size, 64), tc.amp)
+        control.emit(Progress("evaluating", len(results), 2))
+    prior = one_hot(labelled.y, rule)[splits["train"]].mean(axis=0)
     thresholds = (
         tune_thresholds(one_hot(results["val"][1], rule), results["val"][0]) if rule.multilabel else None
     )
@@ -513,9 +706,12 @@ def _train(
         name: evaluate_scores(rule, truth, probs, thresholds, prior)
         for name, (probs, truth) in results.items()
     }
-
-    setup.model.to("cpu")
-    folder.save_weights(setup.model.state_dict(), tc.save_dtype)
+    for name, (probs, truth) in results.items():
+        reports[name]["metrics"]["loss"] = learner.criterion.mean(
+            learner.criterion.from_probabilities(probs, truth), truth
+        )
+    plan.model.to("cpu")
+    folder.save_weights(plan.model.state_dict(), tc.save_dtype)
     folder.write(
         "model.json",
         {
@@ -526,39 +722,42 @@ def _train(
             "rule": asdict(rule),
             "thresholds": thresholds.tolist() if thresholds is not None else None,
             "prior": prior.tolist(),
-            "preprocess": setup.preprocess.to_dict(),
-            "fits": list(setup.fits),
+            "preprocess": plan.preprocess.to_dict(),
+            "fits": list(plan.fits),
             "weights_dtype": tc.save_dtype,
-            "monitor": monitor,
+            "monitor": learner.monitor,
+            "loss": learner.criterion.to_dict(),
             "best_epoch": state.best_epoch + 1,
             "hyper": {"lr": chosen.lr, "dropout": chosen.dropout, "weight_decay": chosen.weight_decay},
         },
     )
-    folder.write_predictions(_predictions_frame(frame, rule, splits, results))
+    folder.write_predictions(_predictions_frame(labelled.frame, rule, splits, results, learner.criterion))
     folder.write(
         "metrics.json",
         {
             "task": rule.task,
             "labels": list(rule.labels),
-            "monitor": monitor,
+            "monitor": learner.monitor,
+            "loss": learner.criterion.describe(),
             "best_epoch": state.best_epoch + 1,
             "epochs_run": state.epoch,
             "val": reports["val"],
             "test": reports["test"],
-            "seconds": {"features": round(setup.feature_seconds, 2), "fit": round(fit_seconds, 2)},
-            "cached_inputs": setup.cached,
+            "seconds": {"features": round(plan.feature_seconds, 2), "fit": round(fit_seconds, 2)},
+            "cached_inputs": plan.cached,
         },
     )
     folder.write("history.json", state.history)
-    if not state.stopped:
-        for name in ("resume.safetensors", "resume.json"):
-            (folder.path / name).unlink(missing_ok=True)
-    headline = headline_metrics(rule, reports["test"]["metrics"])
-    on_event(Message("test " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items() if not math.isnan(v))))
-    return headline, state.stopped
+    if not state.stopped and folder.writes:
+        (folder.path / "resume.safetensors").unlink(missing_ok=True)
+    shown = headline(rule.task, reports["test"]["metrics"])
+    control.emit(Message("test " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items() if not math.isnan(v))))
+    return shown
 
 
-def _predictions_frame(frame: pd.DataFrame, rule: LabelRule, splits: dict, results: dict) -> pd.DataFrame:
+def _predictions_frame(
+    frame: pd.DataFrame, rule: LabelRule, splits: dict, results: dict, criterion: Criterion
+) -> pd.DataFrame:
     parts = []
     for name, (probs, truth) in results.items():
         rows = splits[name]
@@ -570,6 +769,7 @@ def _predictions_frame(frame: pd.DataFrame, rule: LabelRule, splits: dict, resul
                 "image": frame["image"].iloc[rows].values,
                 "title": frame["title"].iloc[rows].values if "title" in frame else "",
                 "truth": ["|".join(np.asarray(rule.labels)[vector > 0]) for vector in onehot],
+                "loss": np.round(criterion.from_probabilities(probs, truth), 5),
             }
         )
         for k, label in enumerate(rule.labels):

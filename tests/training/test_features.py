@@ -13,7 +13,7 @@ from torch import nn
 from posterlab.data.transforms import Preprocess
 from posterlab.models.factory import create_model
 from posterlab.training import features
-from posterlab.training.features import FeatureStore, compute_features, views_for
+from posterlab.training.features import Extraction, FeatureStore, Runtime, compute_features, views_for
 
 
 class Unexportable(nn.Module):
@@ -30,16 +30,15 @@ class Unexportable(nn.Module):
 def extract(frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad")) -> dict[str, np.ndarray]:
     preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
     views = views_for(preprocess, fits, flips=True)
-    return compute_features(
-        frozen,
+    job = Extraction(frozen, views, [f"key-{view.name}" for view in views])
+    tables = compute_features(
+        job,
         [str(p) for p in paths],
         [f"{name}-{i}" for i in range(len(paths))],
-        views,
-        [f"key-{view.name}" for view in views],
-        torch.device("cpu"),
-        store=FeatureStore(tmp_path / f"{name}.sqlite"),
-        num_workers=0,
+        Runtime(torch.device("cpu"), workers=0),
+        store=FeatureStore(tmp_path / name),
     )
+    return {view: table.to_array() for view, table in tables.items()}
 
 
 @pytest.fixture(scope="module")

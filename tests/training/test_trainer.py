@@ -59,7 +59,7 @@ def test_image_mode_run_folder_describes_itself(genre_run: Path):
         "split.json",
         "data.json",
     } <= files
-    assert not {"resume.json", "resume.safetensors"} & files  # completed runs keep no optimizer state
+    assert not {"resume.safetensors"} & files  # completed runs keep no optimizer state
     assert not [p for p in files if p.startswith(".")]  # no temporary files left behind
     run = load_run(genre_run)
     assert run.state == "completed"
@@ -117,7 +117,7 @@ def test_stop_keeps_best_weights_and_resume_finishes(runs_root):
     assert run.state == "stopped"
     assert len(run.history) == 2
     assert run.metrics["test"]["metrics"]  # a stopped run is still evaluated
-    assert (path / "resume.safetensors").exists() and (path / "resume.json").exists()
+    assert (path / "resume.safetensors").exists()
     again = Recorder()
     resume_run(path, on_event=again)
     run = load_run(path)
@@ -252,3 +252,60 @@ def test_several_fits_in_image_mode(runs_root):
     )
     run = load_run(train_run(config, runs_root))
     assert run.model["fits"] == ["pad", "squash"] and run.metrics["cached_inputs"] is False
+
+
+def test_the_loss_watched_is_the_loss_trained(runs_root):
+    """With pos_weight (balance=weights) the validation loss is the training criterion on the validation
+    posters, not the unweighted BCE that used to be reported beside a weighted training loss."""
+    import numpy as np
+
+    from posterlab.data.balance import loss_weights
+    from posterlab.data.prepare import prepare_data
+    from posterlab.evaluation.interpret import load_predictions, truth_matrix
+
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=4), balance="weights"),
+        TrainConfig(backbone=LITE0, pretrained=False, mode="probe", epochs=1, flip_views=False),
+        name="weighted-loss",
+    )
+    run = load_run(train_run(config, runs_root))
+    prepared = prepare_data(config.data)
+    train_y = prepared.labelled.y[prepared.splits["train"]]
+    pos_weight = loss_weights(train_y, 4)  # what the training criterion weighs positives by
+    val = load_predictions(run, "val")
+    p = np.clip(val[[f"p:{label}" for label in run.metrics["labels"]]].to_numpy(), 1e-7, 1 - 1e-7)
+    y = truth_matrix(val)
+    weighted = float(np.mean(-(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p))))
+    unweighted = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    reported = run.history[0]["val_loss"]  # one epoch: the stored predictions are this epoch's
+    assert reported == pytest.approx(weighted, abs=1e-3)
+    assert abs(reported - unweighted) > 0.05
+    # the per-poster losses stored with the predictions are the same criterion's, and the run says which
+    assert run.metrics["loss"] == run.model["loss"]["name"] == "binary cross-entropy with pos_weight"
+    per_poster = np.mean(-(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p)), axis=1)
+    np.testing.assert_allclose(val["loss"], per_poster, atol=1e-3)
+
+
+def test_the_criterion_reduces_as_pytorch_does():
+    import numpy as np
+    import torch
+
+    from posterlab.training.criterion import Criterion
+
+    torch.manual_seed(0)
+    logits, classes = torch.randn(9, 4), torch.randint(0, 4, (9,))
+    weights = np.array([0.5, 2.0, 1.0, 3.0], dtype=np.float32)
+    expected = torch.nn.CrossEntropyLoss(weight=torch.as_tensor(weights), label_smoothing=0.1)(
+        logits, classes
+    )
+    assert float(Criterion("ce", weights, 0.1)(logits, classes)) == pytest.approx(float(expected), rel=1e-5)
+    targets = (torch.rand(9, 4) > 0.5).float()
+    expected = torch.nn.BCEWithLogitsLoss(pos_weight=torch.as_tensor(weights))(logits, targets)
+    assert float(Criterion("bce", weights)(logits, targets)) == pytest.approx(float(expected), rel=1e-5)
+    # stored probabilities give back the losses of the logits they came from
+    bce = Criterion("bce", weights)
+    np.testing.assert_allclose(
+        bce.from_probabilities(torch.sigmoid(logits).numpy(), targets.numpy()),
+        bce.per_item(logits, targets).numpy(),
+        rtol=1e-4,
+    )

@@ -1,0 +1,121 @@
+"""``posterlab train --nproc-per-node N ...``: the same command re-launched under ``torchrun``.
+
+torchrun (PyTorch's elastic launcher) starts the processes, runs the c10d rendezvous across machines and
+restarts the group when a worker dies (``--max-restarts``); every process runs ``python -m posterlab
+train`` with the same flags. Picking the run folder here, before launching, lets a restarted group (and
+the app) find the run it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from posterlab import settings
+
+LAUNCH_VALUES = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
+
+
+def strip_launch_flags(argv: list[str]) -> list[str]:
+    """``argv`` without the launcher's own flags (given as ``--flag value`` or ``--flag=value``)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in LAUNCH_VALUES:
+            skip = "=" not in item
+            continue
+        out.append(item)
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_command(
+    train_args: list[str],
+    nproc: int,
+    nnodes: str = "1",
+    endpoint: str | None = None,
+    rdzv_id: str = "posterlab",
+    max_restarts: int = 0,
+    local_addr: str | None = None,
+) -> list[str]:
+    """The torchrun command line for ``posterlab train <train_args>``.
+
+    One machine: a c10d rendezvous on a free loopback port (all traffic stays on this machine). Several:
+    the rendezvous at ``endpoint`` (HOST:PORT, the same on every machine)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--max-restarts",
+        str(max_restarts),
+        "--rdzv-backend",
+        "c10d",
+    ]
+    if endpoint:
+        command += ["--nnodes", str(nnodes), "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id]
+    else:
+        command += [
+            "--nnodes",
+            "1",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}",
+            "--rdzv-id",
+            rdzv_id,
+            "--local-addr",
+            "127.0.0.1",
+        ]
+    if local_addr:
+        command += ["--local-addr", local_addr]
+    return command + ["-m", "posterlab", "train", *train_args]
+
+
+def worker_environment(single_machine: bool) -> dict[str, str]:
+    """The workers' environment: on one machine, gloo talks over loopback only."""
+    env = dict(os.environ)
+    if single_machine:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+def relaunch(args, argv: list[str]) -> int:
+    """Run the training command under torchrun and wait for it; its exit code is ours.
+
+    Without ``--out`` (or ``--resume``) the run folder is named now and passed on as ``--out``."""
+    from posterlab.cli import build_run_config
+    from posterlab.runs import new_run_id
+
+    train_args = strip_launch_flags(argv[argv.index("train") + 1 :])
+    if not args.out and not args.resume:
+        config = build_run_config(args)
+        name = config.name or new_run_id(config)
+        train_args += ["--out", str(settings.checkpoints_dir() / name)]
+    command = torchrun_command(
+        train_args, args.nproc_per_node, args.nnodes, args.rdzv_endpoint, args.rdzv_id, args.max_restarts
+    )
+    process = subprocess.Popen(command, env=worker_environment(args.rdzv_endpoint is None))
+
+    def forward(signum, frame) -> None:  # torchrun passes it on to every worker
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the whole process group: wait for the graceful stop
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
