@@ -32,7 +32,8 @@ import torch
 from posterlab.config import AugmentConfig, TrainConfig
 from posterlab.data.labels import LabelRule
 from posterlab.data.transforms import Preprocess
-from posterlab.models.factory import boundary_for, create_model, set_trainable
+from posterlab.models.factory import create_model
+from posterlab.models.stages import boundary_for, set_trainable
 from posterlab.training.criterion import Criterion
 from posterlab.training.features import default_workers
 from posterlab.training.loop import Callback, ImageInputs, Learner, _loader, autocast, fit, make_optimizer

@@ -11,7 +11,7 @@ import streamlit as st
 from posterlab.config import CAM_METHODS as METHODS
 from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures, interpret
-from posterlab.models.factory import feature_levels
+from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
 from workbench.widgets import forget_invalid, run_picker, show_error

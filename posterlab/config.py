@@ -239,6 +239,11 @@ class TrainConfig:
     cache_activations: bool = option(True, "finetune on a CPU: cache the frozen part's output once")
     device: str = option("auto", "auto: a CUDA GPU when one is visible", choices=DEVICES)
     amp: bool = option(True, "mixed precision on CUDA (bf16 from compute capability 8.0, else fp16)")
+    int8: bool = option(
+        False,
+        "cached features on a CPU through an int8-quantised ONNX backbone (opt-in: "
+        "measured no faster on CPUs without VNNI, and less accurate; see the README)",
+    )
     num_workers: int = option(-1, "data-loader processes (-1: from the CPU cores this process may use)")
     seed: int = option(0, "seed of the split, the initialisation and the shuffles", flag="--seed")
     save_dtype: str = option("float32", "precision of the saved weights", choices=SAVE_DTYPES)

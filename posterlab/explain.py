@@ -23,8 +23,8 @@ from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.errors import ConfigError
 from posterlab.inference import ImageInput, Predictor
-from posterlab.models.factory import feature_levels, get_module
 from posterlab.models.registry import get_backbone
+from posterlab.models.stages import feature_levels, get_module
 
 METHODS = CAM_METHODS
 SLOW_METHODS = SLOW_CAM_METHODS
@@ -184,7 +184,7 @@ class Explainer:
         name: str | None = None,
     ) -> Explanation:
         """Scores, and a map + overlay for each of ``labels`` (default: the predicted ones, else the top one)."""
-        loaded = load_image(image, name=name)
+        loaded = load_image(image, name=name, draft=self.predictor.draft)
         crop, views = self.predictor.fitted(loaded.image)
         probs = self.predictor.probabilities(views[None])[0]  # the scores a prediction gives
         tensor = views[0]  # Grad-CAM on the primary fit, the crop shown

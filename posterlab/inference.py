@@ -115,6 +115,7 @@ class Predictor:
         self.fits: tuple[str, ...] = tuple(self.info.get("fits") or [self.preprocess.fit])
         fitted = [replace(self.preprocess, fit=fit) for fit in self.fits]
         self._views = [(p.geometry(), p.to_tensor()) for p in fitted]
+        self.draft = max(p.draft for p in fitted)
         self.backend = backend
         self._onnx = None
         if backend == "onnx":
@@ -156,7 +157,7 @@ class Predictor:
         self, source: ImageInput, name: str | None = None
     ) -> tuple[Image.Image, torch.Tensor, list[str]]:
         """Load a poster safely: (the crop Grad-CAM draws on, the tensors of every view, load notes)."""
-        loaded = load_image(source, name=name)
+        loaded = load_image(source, name=name, draft=self.draft)
         crop, tensors = self.fitted(loaded.image)
         return crop, tensors, loaded.notes
 

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from posterlab import settings
 from posterlab.config import RunConfig, from_dict
 from posterlab.errors import RunError, one_line
-from posterlab.models.factory import check_safetensors
+from posterlab.models.weights import check_safetensors
 
 STATUSES = ("running", "completed", "stopped", "failed")
 HEARTBEAT_STALE_S = 300

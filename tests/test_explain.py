@@ -23,7 +23,8 @@ from posterlab.explain import (
     vit_reshape,
 )
 from posterlab.inference import Predictor
-from posterlab.models.factory import create_model, get_module
+from posterlab.models.factory import create_model
+from posterlab.models.stages import get_module
 from posterlab.models.registry import BACKBONES
 from posterlab.training.trainer import train_run
 
@@ -52,6 +53,7 @@ class _FakePredictor:
     _onnx = None
     device = torch.device("cpu")
     lock = threading.RLock()
+    draft = None
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pandas as pd
 
@@ -60,6 +59,8 @@ class ScanCache:
 
 
 def _scan_one(path: str) -> tuple:
+    import imagehash
+
     digest = file_digest(path)
     try:
         loaded = load_image(path)

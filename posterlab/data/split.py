@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from posterlab.errors import DataError
 
@@ -33,7 +31,11 @@ def split_indices(
 
 
 def _split(rows: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
     if y.ndim == 2:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
         splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         keep, held = next(splitter.split(rows.reshape(-1, 1), y))
         return rows[keep], rows[held]
@@ -47,6 +49,8 @@ def _split(rows: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple
 
 def kfold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """K stratified folds over ``y`` (iterative stratification for multi-label)."""
+    from sklearn.model_selection import StratifiedKFold
+
     rows = np.arange(len(y))
     if y.ndim == 2:
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold

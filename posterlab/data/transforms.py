@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import timm
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
 from posterlab.config import AugmentConfig
+
+if TYPE_CHECKING:
+    from torchvision import transforms as T
+
+
+def _transforms():
+    """torchvision's transforms, imported when a transform is first built (torchvision's import pulls in
+    torch's compiler stack, seconds that a run on cached features never needs)."""
+    from torchvision import transforms
+
+    return transforms
+
 
 # timm's eval transform supports these layouts; "pad" and "squash" keep the whole poster (crop_pct 1).
 _FIT_TO_TIMM = {"crop": "center", "pad": "border", "squash": "squash"}
@@ -34,11 +45,15 @@ class Preprocess:
 
     @classmethod
     def for_model(cls, model: nn.Module, fit: str = "crop") -> Preprocess:
+        import timm.data
+
         return cls._from_timm(timm.data.resolve_data_config({}, model=model), fit)
 
     @classmethod
     def for_backbone(cls, name: str, fit: str = "crop") -> Preprocess:
         """The same as ``for_model`` from timm's registered config, without building the model."""
+        import timm
+
         from posterlab.models import small_cnn  # noqa: F401  (registers its config)
         from posterlab.models.registry import get_backbone
 
@@ -64,7 +79,16 @@ class Preprocess:
     def size(self) -> tuple[int, int]:
         return self.input_size[1], self.input_size[2]
 
+    @property
+    def draft(self) -> int:
+        """The smallest side a decoded poster needs for this fit at full quality (``load_image``'s
+        ``draft``): the resize before timm's centre crop, or the input's longer side for the whole poster."""
+        side = max(self.size)
+        return int(-(-side // self.crop_pct)) if self.fit == "crop" else side
+
     def _timm_eval(self) -> T.Compose:
+        import timm.data
+
         return timm.data.create_transform(
             input_size=self.input_size,
             interpolation=self.interpolation,
@@ -82,16 +106,16 @@ class Preprocess:
 
     def geometry(self) -> T.Compose:
         """PIL → PIL: the crop the model sees (resize, then centre-crop / pad / squash)."""
-        return T.Compose(self._parts()[0])
+        return _transforms().Compose(self._parts()[0])
 
     def to_tensor(self) -> T.Compose:
         """PIL (already fitted) → normalised tensor."""
-        return T.Compose(self._parts()[1])
+        return _transforms().Compose(self._parts()[1])
 
     def _tensor(self, raw: bool) -> list:
         """The tensor step: normalised float, or ``raw`` uint8 (C, H, W) that ``normalize_on`` turns into
         the same numbers later (on a GPU: the data loader's workers then only decode and resample)."""
-        return [T.PILToTensor()] if raw else self._parts()[1]
+        return [_transforms().PILToTensor()] if raw else self._parts()[1]
 
     def normalize_on(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) → the normalised float tensor ``to_tensor`` would have made, on x's device."""
@@ -100,10 +124,11 @@ class Preprocess:
         return (x.float().div_(255.0) - mean) / std
 
     def eval_transform(self, raw: bool = False) -> T.Compose:
-        return T.Compose(self._parts()[0] + self._tensor(raw))
+        return _transforms().Compose(self._parts()[0] + self._tensor(raw))
 
     def train_transform(self, augment: AugmentConfig, raw: bool = False) -> T.Compose:
         """Random crop, affine (rotate / shift / zoom / shear), then the eval geometry, then flip."""
+        T = _transforms()  # noqa: N806
         geometry, _ = self._parts()
         tensor = self._tensor(raw)
         fill = tuple(round(255 * v) for v in self.mean)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
 from posterlab.errors import ConfigError
@@ -39,11 +38,13 @@ class Criterion(nn.Module):
         self.label_smoothing = float(label_smoothing)
         weight = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
         self.register_buffer("weights", weight)
-        self._asl = (
-            AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05, reduction="none", pos_weight=weight)
-            if kind == "asl"
-            else None
-        )
+        self._asl = None
+        if kind == "asl":
+            from timm.loss import AsymmetricLossMultiLabel
+
+            self._asl = AsymmetricLossMultiLabel(
+                gamma_neg=4, gamma_pos=0, clip=0.05, reduction="none", pos_weight=weight
+            )
 
     @classmethod
     def for_target(

@@ -19,14 +19,14 @@ batch (about 2.5x torch's eager speed for EfficientNet-Lite0 on 2 cores); otherw
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from posterlab.training.loop import autocast
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: JPEGs decoded at their draft scale
 CHUNK = 256  # posters per chunk file: what an interrupted extraction can lose at most
 
 
@@ -92,6 +92,15 @@ class FeatureTable:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return self.maps[self.chunk[index]][self.row[index]]
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows ``indices`` as one float32 array, read chunk by chunk (one fancy index per chunk file)."""
+        out = np.empty((len(indices), *self.shape[1:]), dtype=np.float32)
+        chunks = self.chunk[indices]
+        for chunk in np.unique(chunks):
+            where = np.nonzero(chunks == chunk)[0]
+            out[where] = self.maps[chunk][self.row[indices[where]]]
+        return out
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -162,80 +171,241 @@ def _atomic(path: Path, write: Callable) -> None:
 
 
 class _Images(Dataset):
-    """Each poster decoded once and fitted every way asked: (fits, 3, H, W)."""
+    """Each poster decoded once (at the smallest JPEG scale its fits need) and fitted every way asked:
+    (fits, 3, H, W)."""
 
-    def __init__(self, paths: list[str], transforms: list[Callable]) -> None:
+    def __init__(self, paths: list[str], preprocesses: list[Preprocess]) -> None:
         self.paths = paths
-        self.transforms = transforms
+        self.transforms = [p.eval_transform() for p in preprocesses]
+        self.draft = max(p.draft for p in preprocesses)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_image(self.paths[index]).image
+        image = load_image(self.paths[index], draft=self.draft).image
         return torch.stack([transform(image) for transform in self.transforms])
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(device: torch.device) -> int:
-    """Data-loader processes from the cores this process may use (its CPU affinity, not the machine's
-    count): on a GPU every core but one decodes; on a small CPU one worker overlaps decoding with the
-    model, which needs the other cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Data-loader processes: on a GPU every core but one decodes; on a small CPU one worker overlaps
+    decoding with the model, which needs the other cores."""
+    cores = usable_cores()
     if device.type == "cuda":
         return max(1, min(16, cores - 1))
     return 1 if cores >= 2 else 0
 
 
-def _onnx_runner(frozen: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``frozen`` as an ONNX Runtime session (CPU), traced on ``example``; None when it cannot be exported
-    or does not match torch on a check batch (then the caller keeps torch)."""
+class OnnxRunner:
+    """The frozen part as an ONNX Runtime session on the CPU, in chunks of a measured size.
+
+    The export is kept in the cache (keyed by the frozen part's identity and the torch version), so only
+    the first extraction with a backbone pays for it; every session is checked against torch first."""
+
+    def __init__(self, session, threads: int) -> None:
+        self.session, self.threads, self.chunk = session, threads, 0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.chunk:
+            return self._measure(batch)
+        return torch.cat([self._run(part) for part in batch.split(self.chunk)])
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        [out] = self.session.run(None, {"image": batch.contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    def _measure(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the first batch in chunks of 1, 2, 4 and 8 images, keep the outputs, and go on with the
+        chunk size that was fastest per image (small chunks keep a small CPU's caches warm; a many-core
+        one wants more work per call)."""
+        outputs, best, start = [], (float("inf"), 1), 0
+        for size in (1, 2, 4, 8):
+            part = batch[start : start + size]
+            if not len(part):
+                break
+            begun = time.perf_counter()
+            outputs.append(self._run(part))
+            best = min(best, ((time.perf_counter() - begun) / len(part), size))
+            start += len(part)
+        self.chunk = best[1] if start >= 15 else 4  # too few images to tell: a middle size
+        if start < len(batch):
+            outputs.append(self(batch[start:]))
+        log.info("ONNX Runtime: %d intra-op threads, chunks of %d images", self.threads, self.chunk)
+        return torch.cat(outputs)
+
+
+def _onnx_file(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool) -> Path:
+    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now."""
+    payload = {
+        "identity": identity,
+        "torch": torch.__version__,
+        "input": list(example.shape[1:]),
+        "int8": int8,
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    folder = settings.cache_dir() / "onnx"
+    path = folder / f"{key}.onnx"
+    if identity and path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{key}.{uuid.uuid4().hex[:8]}.onnx"
+    torchscript_onnx(frozen, example, temporary, output="features")
+    if int8:
+        _quantize(temporary, example)
+    if not identity:  # nothing to key it by: used once
+        return temporary
+    os.replace(temporary, path)
+    return path
+
+
+def _quantize(path: Path, example: torch.Tensor) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on the example batch, in place."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": x[None].numpy()} for x in example])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(path), str(prepared))
+    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    prepared.unlink(missing_ok=True)
+
+
+def onnx_runner(
+    frozen: nn.Module, example: torch.Tensor, identity: str = "", threads: int = 1, int8: bool = False
+) -> OnnxRunner | None:
+    """``frozen`` as ONNX Runtime (CPU) with ``threads`` intra-op threads; None when it cannot be exported
+    or does not match torch on a check batch (then the caller keeps torch). An int8 runner is checked
+    for running only: it is meant to differ a little."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
     try:
-        with tempfile.TemporaryDirectory(prefix="posterlab-onnx-") as folder:
-            path = Path(folder) / "frozen.onnx"
-            torchscript_onnx(frozen, example, path, output="features")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path = _onnx_file(frozen, example, identity, int8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if not identity:
+            path.unlink(missing_ok=True)
     except Exception as error:  # exporters reject some models; torch still runs them
         log.info("frozen part not exported to ONNX (%s); extracting with torch", one_line(error))
         return None
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        [out] = session.run(None, {"image": batch.contiguous().numpy()})
-        return torch.from_numpy(out)
-
+    runner = OnnxRunner(session, threads)
     # check on other content and another batch size than the traced example: a value the tracer froze
     # into a constant, or a fixed batch size, shows up here
-    check = torch.flip(example, dims=[3])[: max(1, len(example) - 1)]
+    check = torch.flip(example, dims=[3])[: 1 if len(example) == 2 else 2]
     expected = frozen(check).float()
     try:
-        got = run(check)
+        got = runner._run(check)
     except Exception as error:
         log.info("ONNX Runtime failed on a check batch (%s); extracting with torch", one_line(error))
         return None
     difference = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-    if not difference <= 1e-3 * (1.0 + float(expected.abs().max())):
+    if not int8 and not difference <= 1e-3 * (1.0 + float(expected.abs().max())):
         log.info(
             "ONNX Runtime differs from torch by %.2g on a check batch; extracting with torch", difference
         )
         return None
-    return run
+    return runner
 
 
 @dataclass
 class Extraction:
-    """What to run over the posters: the frozen part, the views (each with its cache key), for the log."""
+    """What to run over the posters: the frozen part (built on first use, so a run whose outputs are all
+    cached never builds it), the views (each with its cache key), and for the log what they are."""
 
-    frozen: nn.Module
+    build: Callable[[], nn.Module]
     views: list[View]
     keys: list[str]
     about: str = ""
     amp: bool = True  # bf16/fp16 on CUDA (the key says which)
+    identity: str = ""  # the frozen part's identity (backbone, weights, boundary): keys its ONNX export
+    int8: bool = False  # on a CPU: through an int8-quantised export
+    _module: nn.Module | None = field(default=None, repr=False)
+
+    def module(self) -> nn.Module:
+        if self._module is None:
+            self._module = self.build()
+        return self._module
+
+    @property
+    def built(self) -> bool:
+        return self._module is not None
+
+
+@dataclass(frozen=True)
+class RememberedBackbone:
+    """A backbone's weights and preprocessing as built for a probe, kept beside its embeddings (keyed by
+    name, starting weights and timm version): what a probe on cached embeddings writes into its run folder
+    without building the backbone (or importing timm)."""
+
+    name: str
+    start: str
+
+    @property
+    def _stem(self) -> Path:
+        payload = {"name": self.name, "start": self.start, "timm": importlib.metadata.version("timm")}
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+        return settings.cache_dir() / "backbones" / f"{self.name}-{key}"
+
+    def preprocess(self, fit: str, build: Callable[[], nn.Module]) -> Preprocess:
+        """The backbone's preprocessing (timm's config), remembered; building the backbone if it is not."""
+        path = self._stem.with_suffix(".json")
+        if not path.is_file():
+            return Preprocess.for_model(build(), fit)
+        values = json.loads(path.read_text())["preprocess"]
+        return Preprocess(
+            **{
+                **values,
+                "input_size": tuple(values["input_size"]),
+                "mean": tuple(values["mean"]),
+                "std": tuple(values["std"]),
+                "fit": fit,
+            }
+        )
+
+    def weights(self, build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
+        """The backbone's state dict, remembered; building the backbone if it is not."""
+        path = self._stem.with_suffix(".safetensors")
+        if path.is_file():
+            from posterlab.runs import load_tensors
+
+            return load_tensors(path)
+        return build().state_dict()
+
+
+def remembered_backbone(name: str, start: str) -> RememberedBackbone:
+    return RememberedBackbone(name, start)
+
+
+def remember_backbone(name: str, start: str, backbone: nn.Module, preprocess: Preprocess) -> None:
+    """Keep a freshly built backbone's weights and preprocessing (atomically; any process may write)."""
+    from posterlab.runs import save_tensors
+
+    stem = RememberedBackbone(name, start)._stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(stem.with_suffix(".safetensors"), backbone.state_dict())
+    _atomic(
+        stem.with_suffix(".json"),
+        lambda handle: handle.write(json.dumps({"preprocess": preprocess.to_dict()}).encode()),
+    )
 
 
 @dataclass
@@ -256,16 +426,17 @@ def _extract(
 ) -> None:
     """Run the frozen part over ``rows`` (indices into ``paths``) and write their chunks."""
     device = rt.device
-    frozen = job.frozen.eval().to(device)
+    frozen = job.module().eval().to(device)
     preprocesses = list(dict.fromkeys(v.preprocess for v in job.views))
     fit_index = [preprocesses.index(v.preprocess) for v in job.views]
     channels_last = device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
     if channels_last:
         frozen = frozen.to(memory_format=torch.channels_last)
-    # a small batch keeps CPU caches warm (measured: 8 images beat 32 and 64 on 2 cores)
-    size = rt.batch_size or (128 if device.type == "cuda" else max(1, 8 // len(job.views)))
-    dataset = _Images([paths[i] for i in rows], [p.eval_transform() for p in preprocesses])
+    # posters per loader step; on a CPU the runner splits them into chunks of a measured size
+    size = rt.batch_size or (128 if device.type == "cuda" else max(2, 16 // len(job.views)))
+    dataset = _Images([paths[i] for i in rows], preprocesses)
     workers = rt.workers if rt.workers >= 0 else default_workers(device)
+    threads = max(1, usable_cores() - workers)  # the model's share of the cores: the loader has the rest
     loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=device.type == "cuda")
     started, done, saved = time.monotonic(), 0, 0
     runner: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -277,7 +448,7 @@ def _extract(
         inputs = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(inputs, job.views, strict=True)]
         stacked = torch.cat(inputs)
         if device.type == "cpu" and done == 0:
-            runner = _onnx_runner(frozen, stacked)
+            runner = onnx_runner(frozen, stacked, job.identity, threads, job.int8)
         if runner is not None:
             output = runner(stacked)
         else:

@@ -9,6 +9,7 @@ Under ``torchrun`` every process runs the same code with its ``Dist``; rank 0 al
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import math
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from torch import nn
 
@@ -32,7 +32,6 @@ from posterlab.data.balance import loss_weights, resample
 from posterlab.data.labels import LabelRule, one_hot
 from posterlab.data.prepare import Prepared, prepare_data
 from posterlab.data.split import kfold_indices
-from posterlab.data.transforms import Preprocess
 from posterlab.errors import ConfigError, RunError, one_line
 from posterlab.evaluation.metrics import evaluate_scores, headline, main_metric, tune_thresholds
 from posterlab.events import (
@@ -49,39 +48,22 @@ from posterlab.events import (
     never,
     to_json,
 )
-from posterlab.models.factory import (
-    PosterModel,
-    boundary_for,
-    create_model,
-    set_trainable,
-    split_backbone,
-    weights_id,
-)
+from posterlab.models.stages import boundary_for, set_trainable
 from posterlab.runs import RunFolder, list_runs, load_run, load_tensors, now_iso, save_tensors
 from posterlab.training import distributed
 from posterlab.training.criterion import Criterion
 from posterlab.training.distributed import SINGLE, Dist
-from posterlab.training.features import (
-    Extraction,
-    Runtime,
-    compute_features,
-    default_workers,
-    feature_key,
-    views_for,
-)
 from posterlab.training.loop import (
-    CachedInputs,
     Callback,
     Fit,
     FitState,
-    ImageInputs,
     Learner,
-    amp_dtype,
     fit,
     higher_is_better,
     predict,
     seed_everything,
 )
+from posterlab.training.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +83,7 @@ def environment(device: torch.device, dist: Dist, config: RunConfig) -> dict:
         "posterlab": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": importlib.metadata.version("timm"),
         "numpy": np.__version__,
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -239,99 +221,13 @@ def _run(
     return folder.path
 
 
-# ------------------------------------------------------------------------------------------ plan
-
-
-@dataclass
-class Plan:
-    """What the loop trains and what feeds it, decided once per run."""
-
-    model: PosterModel
-    trainable: nn.Module  # the whole model, or (cached inputs) the part after the frozen boundary
-    parameters: list[nn.Parameter]  # every parameter that may train
-    preprocess: Preprocess  # the primary fit's
-    fits: tuple[str, ...]  # every fit, averaged at test time
-    cached: bool  # fed cached frozen-part outputs (probe, CPU finetune)
-    inputs: Callable[[np.ndarray, bool], torch.utils.data.Dataset]  # (rows, train) → dataset
-    workers: int
-    feature_seconds: float = 0.0
-    raw: bool = False  # image inputs arrive as uint8 and are normalised on the device
-
-
-def _plan(config: RunConfig, prepared: Prepared, device: torch.device, control: Control, dist: Dist) -> Plan:
-    tc = config.train
-    labelled = prepared.labelled
-    model = create_model(
-        tc.backbone, len(labelled.rule.labels), pretrained=tc.pretrained, head=tc.head, dropout=tc.dropout
-    )
-    preprocess = Preprocess.for_model(model.backbone, config.data.fit)
-    boundary = boundary_for(model.backbone, tc.mode, tc.unfreeze)
-    set_trainable(model, boundary)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    paths, digests, y = labelled.frame["image"].tolist(), labelled.frame["digest"].tolist(), labelled.y
-    fits = config.data.fits
-    split = None
-    if tc.mode == "finetune" and tc.cache_activations and device.type == "cpu":
-        split = split_backbone(model.backbone, boundary)
-        if split is None:
-            control.emit(
-                Message(f"{tc.backbone} cannot be cut at {boundary}; its frozen layers will run every epoch")
-            )
-    if tc.mode == "probe" or split is not None:
-        frozen, trainable = (
-            (model.backbone, model.head) if split is None else (split[0], nn.Sequential(split[1], model.head))
-        )
-        views = views_for(preprocess, fits, flips=tc.flip_views)
-        start = weights_id(tc.backbone, tc.pretrained, tc.seed)
-        dtype = amp_dtype(device, tc.amp)
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-        keys = [feature_key(tc.backbone, start, boundary or "", view, precision) for view in views]
-        what = "embeddings" if tc.mode == "probe" else f"activations after {boundary}"
-        shown = ", ".join(view.name for view in views)
-        control.emit(
-            Message(f"computing {what} once for {len(paths)} posters ({shown}; cached for later runs)")
-        )
-        begun = time.monotonic()
-        job = Extraction(frozen, views, keys, about=f"{what} ({len(views)} views)", amp=tc.amp)
-        features = compute_features(
-            job, paths, digests, Runtime(device, dist, tc.num_workers, control=control)
-        )
-        frozen.to("cpu")  # only the trainable part stays on the device
-        eval_views = [view.name for view in views_for(preprocess, fits, flips=False)]
-        return Plan(
-            model,
-            trainable,
-            parameters,
-            preprocess,
-            fits,
-            True,
-            lambda rows, train: CachedInputs(features, y, rows, train, eval_views),
-            workers=0,
-            feature_seconds=time.monotonic() - begun,
-        )
-    workers = tc.num_workers if tc.num_workers >= 0 else default_workers(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    fitted = [replace(preprocess, fit=fit) for fit in fits]
-    return Plan(
-        model,
-        model,
-        parameters,
-        preprocess,
-        fits,
-        False,
-        lambda rows, train: ImageInputs(paths, y, rows, fitted, train, tc.augment),
-        workers=workers,
-    )
-
-
 def _learner(
     plan: Plan, rule: LabelRule, criterion: Criterion, monitor: str, device: torch.device, dist: Dist
 ) -> Learner:
     return Learner(
         plan.trainable,
-        plan.model.head,
-        plan.model.backbone,
+        plan.head,
+        plan.backbone,
         plan.parameters,
         criterion,
         rule,
@@ -339,6 +235,7 @@ def _learner(
         device,
         dist,
         plan.workers,
+        plan.normalize,
     )
 
 
@@ -387,7 +284,7 @@ class Stop(Callback):
 class GradualUnfreeze(Callback):
     """Finetune: one more feature level trains every ``every`` epochs, up to ``levels``."""
 
-    def __init__(self, model: PosterModel, every: int, levels: int) -> None:
+    def __init__(self, model: nn.Module, every: int, levels: int) -> None:
         self.model, self.every, self.levels = model, every, levels
 
     def before_epoch(self, fit: Fit) -> None:
@@ -545,7 +442,7 @@ def _random_search(search: _Search, config: TrainConfig) -> tuple[TrainConfig, l
         values = []
         for train_rows, val_rows in folds:
             plan.trainable.load_state_dict(initial)
-            _set_dropout(plan.model.head, candidate.dropout)
+            _set_dropout(plan.head, candidate.dropout)
             train_rows = train_rows[resample(y[train_rows], labels, search.balance, config.seed)]
             state = fit(
                 search.learner,
@@ -573,7 +470,7 @@ def _random_search(search: _Search, config: TrainConfig) -> tuple[TrainConfig, l
         if best[0] is None or value > best[0]:
             best = (value, candidate)
     plan.trainable.load_state_dict(initial)
-    _set_dropout(plan.model.head, best[1].dropout)
+    _set_dropout(plan.head, best[1].dropout)
     chosen = best[1]
     search.control.emit(
         Message(
@@ -642,7 +539,7 @@ def _train(
     prepared = _prepare(config, folder, control, dist)
     rule, y, splits = prepared.labelled.rule, prepared.labelled.y, prepared.splits
     monitor = main_metric(rule, tc.monitor)  # before any long work: a wrong monitor fails here
-    plan = _plan(config, prepared, device, control, dist)
+    plan = make_plan(config, prepared, device, control, dist)
     plan.trainable.to(device)
     seed_everything(tc.seed)  # again: extraction may or may not have run (and drawn random numbers)
     train_rows = splits["train"][resample(y[splits["train"]], len(rule.labels), dc.balance, dc.seed)]
@@ -653,7 +550,7 @@ def _train(
     if resume:
         state, saved = _load_resume(folder, plan.trainable)
         chosen = replace(tc, **saved["hyper"]) if saved["hyper"] else tc
-        _set_dropout(plan.model.head, chosen.dropout)
+        _set_dropout(plan.head, chosen.dropout)
         control.emit(Message(f"resuming after epoch {state.epoch}"))
     elif tc.search_trials:
         chosen, table = _random_search(_Search(plan, prepared, learner, dc.balance, control), tc)
@@ -710,8 +607,8 @@ def _finish(
         reports[name]["metrics"]["loss"] = learner.criterion.mean(
             learner.criterion.from_probabilities(probs, truth), truth
         )
-    plan.model.to("cpu")
-    folder.save_weights(plan.model.state_dict(), tc.save_dtype)
+    plan.trainable.to("cpu")
+    folder.save_weights(plan.weights(), tc.save_dtype)
     folder.write(
         "model.json",
         {

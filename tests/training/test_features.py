@@ -30,7 +30,7 @@ class Unexportable(nn.Module):
 def extract(frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad")) -> dict[str, np.ndarray]:
     preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
     views = views_for(preprocess, fits, flips=True)
-    job = Extraction(frozen, views, [f"key-{view.name}" for view in views])
+    job = Extraction(lambda: frozen, views, [f"key-{view.name}" for view in views])
     tables = compute_features(
         job,
         [str(p) for p in paths],
@@ -52,7 +52,7 @@ def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypa
     with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
         fast = extract(backbone, paths, tmp_path, "onnx")
     assert "(ONNX Runtime)" in caplog.text
-    monkeypatch.setattr(features, "_onnx_runner", lambda frozen, example: None)
+    monkeypatch.setattr(features, "onnx_runner", lambda *args, **kwargs: None)
     plain = extract(backbone, paths, tmp_path, "torch")
     assert list(fast) == ["crop", "pad", "crop-flip", "pad-flip"] == list(plain)
     for view in fast:
@@ -84,4 +84,4 @@ def test_a_runner_that_disagrees_with_torch_is_refused(backbone, monkeypatch):
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
     with torch.inference_mode():
-        assert features._onnx_runner(backbone, example) is None
+        assert features.onnx_runner(backbone, example) is None
