@@ -29,8 +29,8 @@ from posterlab.config import (
 from posterlab.errors import PosterlabError, one_line
 from posterlab.evaluation import figures
 from posterlab.evaluation.metrics import headline
-from posterlab.models.weights import weights_file
 from posterlab.models.registry import BACKBONES
+from posterlab.models.weights import weights_file
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
 from workbench.widgets import (

@@ -24,8 +24,8 @@ from posterlab.explain import (
 )
 from posterlab.inference import Predictor
 from posterlab.models.factory import create_model
-from posterlab.models.stages import get_module
 from posterlab.models.registry import BACKBONES
+from posterlab.models.stages import get_module
 from posterlab.training.trainer import train_run
 
 # one of each kind of CAM layer: a CNN's last norm, a ResNet stage, a ViT block (tokens → grid)
