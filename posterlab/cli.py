@@ -419,8 +419,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             root = Path(args.out).parent if args.out else None
             path = train_run(config, root, on_event=sink, should_stop=requested.is_set, dist=dist)
-    finally:
-        distributed.shutdown(dist)
+    finally:  # out of the loop, a signal ends the process again (torchrun stops a failed group so)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    distributed.shutdown(dist)  # only after success: with a peer gone it would wait for that peer
     if dist.main:
         print(path)
     return 0

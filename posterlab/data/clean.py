@@ -4,6 +4,7 @@ and near-identical posters under different ids are reported and dropped (they wo
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from posterlab.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-_SCAN_VERSION = 1
+_SCAN_VERSION = 2  # 2: perceptual hashes of JPEGs from a draft (1/2 to 1/8 scale) decode
+SCAN_DRAFT = 64  # px a side: enough for the 32x32 perceptual hash, and the whole file is still read
+
 
 
 class ScanCache:
@@ -34,6 +37,9 @@ class ScanCache:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS scan (digest TEXT PRIMARY KEY, version INTEGER, ok INTEGER, "
                 "reason TEXT, notes TEXT, width INTEGER, height INTEGER, phash TEXT)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, digest TEXT)"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -50,6 +56,43 @@ class ScanCache:
                     out[row[0]] = row[1:]
         return out
 
+    def digests(self, paths: list[str]) -> list[str]:
+        """Each file's SHA-1, remembered by path, size and modification time: a large dataset scanned
+        again reads no file twice ("" for a file that cannot be read)."""
+        unique = list(dict.fromkeys(paths))
+        stats: dict[str, tuple[int, int] | None] = {}
+        for path in unique:
+            try:
+                info = os.stat(path)
+                stats[path] = (info.st_size, info.st_mtime_ns)
+            except OSError:
+                stats[path] = None
+        known: dict[str, tuple] = {}
+        with self._connect() as db:
+            for start in range(0, len(unique), 900):
+                chunk = unique[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute(f"SELECT path, size, mtime, digest FROM files WHERE path IN ({marks})", chunk):
+                    known[row[0]] = row[1:]
+        out, fresh = {}, []
+        for path in unique:
+            stat = stats[path]
+            if stat is None:
+                out[path] = ""
+            elif path in known and tuple(known[path][:2]) == stat:
+                out[path] = known[path][2]
+            else:
+                try:
+                    out[path] = file_digest(path)
+                except OSError:
+                    out[path] = ""
+                    continue
+                fresh.append((path, *stat, out[path]))
+        if fresh:
+            with self._lock, self._connect() as db:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+        return [out[path] for path in paths]
+
     def put(self, rows: list[tuple]) -> None:
         with self._lock, self._connect() as db:
             db.executemany(
@@ -58,45 +101,44 @@ class ScanCache:
             )
 
 
-def _scan_one(path: str) -> tuple:
+def _scan_one(path: str, digest: str) -> tuple:
+    """Open one image (a JPEG at its draft scale: decoded in full, but small) and hash it perceptually."""
     import imagehash
 
-    digest = file_digest(path)
     try:
-        loaded = load_image(path)
+        loaded = load_image(path, draft=SCAN_DRAFT)
     except ImageError as error:
         return (digest, 0, error.reason, "", 0, 0, "")
-    width, height = loaded.image.size
+    width, height = loaded.size
     return (digest, 1, "", "; ".join(loaded.notes), width, height, str(imagehash.phash(loaded.image)))
 
 
 def scan_images(
     paths: list[str], cache: ScanCache | None = None, progress: Callable[[int, int], None] | None = None
 ) -> pd.DataFrame:
-    """Open every image once (results cached by content); one row per path:
-    ``image, digest, ok, reason, notes, width, height, phash``."""
+    """Open every distinct image once (results cached by content, digests by file); one row per path:
+    ``image, digest, ok, reason, notes, width, height, phash``. Nothing decoded is kept."""
     cache = cache or ScanCache()
-    digests = []
-    for path in paths:
-        try:
-            digests.append(file_digest(path))
-        except OSError:
-            digests.append("")
-    known = cache.get([d for d in digests if d])
-    todo = [p for p, d in zip(paths, digests, strict=True) if not d or d not in known]
+    digests = cache.digests(paths)
+    known = cache.get(sorted({d for d in digests if d}))
+    todo: dict[str, str] = {}  # one path per content not scanned yet; unreadable files by path
+    for path, digest in zip(paths, digests, strict=True):
+        if not digest:
+            todo.setdefault(f"path:{path}", path)
+        elif digest not in known:
+            todo.setdefault(digest, path)
     fresh: dict[str, tuple] = {}
     if todo:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for done, row in enumerate(pool.map(_scan_one_safe, todo), start=1):
-                fresh[row[-1]] = row[:-1]
+            jobs = [(path, "" if key.startswith("path:") else key) for key, path in todo.items()]
+            for done, ((key, _), row) in enumerate(zip(todo.items(), pool.map(_scan_one_safe, jobs)), start=1):
+                fresh[key] = row
                 if progress:
                     progress(done, len(todo))
         cache.put([row for row in fresh.values() if row[0]])
     records = []
     for path, digest in zip(paths, digests, strict=True):
-        row = fresh.get(path)
-        if row is None:
-            row = (digest, *known[digest])
+        row = fresh.get(digest or f"path:{path}") or (digest, *known[digest])
         records.append((path, *row))
     columns = ["image", "digest", "ok", "reason", "notes", "width", "height", "phash"]
     frame = pd.DataFrame(records, columns=columns)
@@ -104,11 +146,12 @@ def scan_images(
     return frame
 
 
-def _scan_one_safe(path: str) -> tuple:
+def _scan_one_safe(job: tuple[str, str]) -> tuple:
+    path, digest = job
     try:
-        return (*_scan_one(path), path)
+        return _scan_one(path, digest)
     except OSError as error:
-        return ("", 0, f"cannot read file ({error.strerror or error})", "", 0, 0, "", path)
+        return (digest, 0, f"cannot read file ({error.strerror or error})", "", 0, 0, "")
 
 
 @dataclass
@@ -137,17 +180,34 @@ def _phash_ints(hashes: pd.Series) -> np.ndarray:
 
 
 def near_duplicates(hashes: pd.Series, max_bits: int) -> list[tuple[int, int, int]]:
-    """Pairs (i, j, distance) with i < j whose perceptual hashes differ in at most ``max_bits`` bits."""
+    """Pairs (i, j, distance), i < j, of posters whose perceptual hashes differ in at most ``max_bits``
+    bits: every later copy of a hash with its first occurrence, and the first occurrences of distinct but
+    near hashes with each other.
+
+    Near hashes are found by multi-index hashing rather than all pairs: two 64-bit hashes that differ in
+    at most ``max_bits`` bits agree exactly on one of ``max_bits + 1`` bands of their bits, so only hashes
+    that share a band are compared (100,000 posters take seconds, not the hours of all pairs)."""
     values = _phash_ints(hashes)
-    pairs = []
-    for start in range(0, len(values), 512):
-        block = values[start : start + 512]
-        distance = np.bitwise_count(block[:, None] ^ values[None, :])
-        for a, b in zip(*np.nonzero(distance <= max_bits), strict=True):
-            i = start + int(a)
-            if int(b) > i:
-                pairs.append((i, int(b), int(distance[a, b])))
-    return pairs
+    unique, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    pairs = [(int(first[u]), i, 0) for i, u in enumerate(inverse.ravel()) if first[u] != i]
+    if max_bits > 0 and len(unique) > 1:
+        bands = max_bits + 1
+        width = -(-64 // bands)
+        seen: set[tuple[int, int]] = set()
+        for band in range(bands):
+            keys = (unique >> np.uint64(band * width)) & np.uint64((1 << width) - 1)
+            order = np.argsort(keys, kind="stable")
+            boundaries = np.flatnonzero(np.diff(keys[order])) + 1
+            for group in np.split(order, boundaries):
+                for a_index, a in enumerate(group[:-1]):
+                    others = group[a_index + 1 :]
+                    distance = np.bitwise_count(unique[others] ^ unique[a])
+                    for b in others[distance <= max_bits]:
+                        i, j = sorted((int(first[a]), int(first[b])))
+                        if (i, j) not in seen:
+                            seen.add((i, j))
+                            pairs.append((i, j, int(np.bitwise_count(unique[a] ^ unique[b]))))
+    return sorted(pairs)
 
 
 def clean_dataset(

@@ -30,6 +30,7 @@ class LoadedImage:
 
     image: Image.Image
     notes: list[str] = field(default_factory=list)
+    size: tuple[int, int] = (0, 0)  # at full resolution (``image`` is smaller after a draft decode)
 
 
 def file_digest(path: str | Path) -> str:
@@ -58,7 +59,7 @@ def load_image(
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "uploaded image")
     if isinstance(source, Image.Image):
-        return _normalise(source, label)
+        return _normalise(source, label, source.size)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -96,7 +97,7 @@ def load_image(
                 )
             if draft and image.format == "JPEG" and min(width, height) > 2 * draft:
                 image.draft(image.mode, (draft, draft))
-            return _normalise(image, label)
+            return _normalise(image, label, (width, height))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -114,7 +115,7 @@ def load_image(
         ) from None
 
 
-def _normalise(image: Image.Image, label: str) -> LoadedImage:
+def _normalise(image: Image.Image, label: str, size: tuple[int, int]) -> LoadedImage:
     notes: list[str] = []
     if getattr(image, "is_animated", False):
         notes.append(f"animated ({getattr(image, 'n_frames', '?')} frames): first frame used")
@@ -124,6 +125,8 @@ def _normalise(image: Image.Image, label: str) -> LoadedImage:
     if orientation not in (None, 1):
         image = ImageOps.exif_transpose(image)
         notes.append(f"rotated per EXIF orientation {orientation}")
+        if orientation in (5, 6, 7, 8):  # a quarter turn: the full-resolution sides swap too
+            size = (size[1], size[0])
     image, converted = _to_rgb(image)
     if converted:
         notes.append(converted)
@@ -133,7 +136,7 @@ def _normalise(image: Image.Image, label: str) -> LoadedImage:
             f"too small ({image.size[0]}x{image.size[1]})",
             f"posters need at least {MIN_SIDE} px a side",
         )
-    return LoadedImage(image, notes)
+    return LoadedImage(image, notes, size)
 
 
 def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:

@@ -26,32 +26,34 @@ def weights_file(name: str) -> Path | None:
 def check_safetensors(path: Path) -> None:
     """Refuse anything that is not a safetensors file, before any library parses it.
 
-    A pickle (``torch.save``) can run code when loaded; posterlab never loads one.
+    A safetensors file is an 8-byte header length, then that many bytes of JSON. Anything else is refused;
+    a pickle (``torch.save``, a zip or a raw pickle stream), which can run code when loaded, is named as
+    such. (The shape is checked first: a header length can itself start with the pickle marker byte.)
     """
+    pickled = RunError(
+        f"{path}: is a pickled PyTorch checkpoint, which can run code when loaded and is never opened by "
+        "posterlab; convert it with safetensors.torch.save_file(state_dict, ...) on a machine you trust"
+    )
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as handle:
             head = handle.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
-                raise RunError(
-                    f"{path}: is a pickled PyTorch checkpoint, which can run code when loaded and is never "
-                    "opened by posterlab; convert it with safetensors.torch.save_file(state_dict, ...) on a machine you trust"
-                )
-            if len(head) < 8:
-                raise RunError(
-                    f"{path}: is not a safetensors file (too short); re-save the weights with safetensors"
-                )
-            (length,) = struct.unpack("<Q", head)
-            if length > 100_000_000 or length > os.path.getsize(path):
-                raise RunError(
-                    f"{path}: is not a safetensors file (bad header); re-save the weights with safetensors"
-                )
-            json.loads(handle.read(length))
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if 2 <= length <= min(100_000_000, size - 8) and handle.read(1) == b"{":
+                handle.seek(8)
+                json.loads(handle.read(length))
+                return
+    except FileNotFoundError:
+        raise RunError(f"{path}: file not found") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise RunError(f"{path}: file not found") from None
         raise RunError(
             f"{path}: is not a safetensors file ({type(error).__name__}); re-save the weights with safetensors"
         ) from None
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise pickled
+    if len(head) < 8:
+        raise RunError(f"{path}: is not a safetensors file (too short); re-save the weights with safetensors")
+    raise RunError(f"{path}: is not a safetensors file (bad header); re-save the weights with safetensors")
 
 
 @functools.lru_cache(maxsize=32)

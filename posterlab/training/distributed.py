@@ -63,8 +63,10 @@ class Dist:
         the parameters that require gradients when it is built."""
         if not self.active or not any(p.requires_grad for p in module.parameters()):
             return module
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        if device.type == "cuda":  # batch statistics over the global batch, as one process would see it
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            return nn.parallel.DistributedDataParallel(module, device_ids=[device.index])
+        return nn.parallel.DistributedDataParallel(module)
 
     # --------------------------------------------------------------------------------------- data
 

@@ -7,17 +7,10 @@ import torch
 
 from posterlab.data.transforms import Preprocess
 from posterlab.errors import ModelError, RunError
-from posterlab.models.factory import (
-    boundary_for,
-    check_safetensors,
-    create_backbone,
-    create_model,
-    feature_levels,
-    get_module,
-    set_trainable,
-    split_backbone,
-)
+from posterlab.models.factory import create_backbone, create_model
 from posterlab.models.registry import BACKBONES, get_backbone
+from posterlab.models.stages import boundary_for, feature_levels, get_module, set_trainable, split_backbone
+from posterlab.models.weights import check_safetensors
 from tests.conftest import LITE0, lite0_weights, needs_weights
 
 SEED_FAMILIES = [
@@ -87,7 +80,9 @@ def test_forward_and_trainable_parts(name):
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18", "densenet121", "posterlab_small_cnn"])
 def test_cnns_split_at_the_frozen_boundary(name):
     backbone = create_model(name, 2, pretrained=False).backbone
-    parts = split_backbone(backbone, boundary_for(backbone, "finetune", 1))
+    parts = split_backbone(
+        backbone, boundary_for(backbone, "finetune", 1), Preprocess.for_model(backbone).input_size
+    )
     assert parts is not None
     backbone.eval()
     x = torch.randn(1, 3, 160, 160)
@@ -97,7 +92,7 @@ def test_cnns_split_at_the_frozen_boundary(name):
 
 def test_vit_cannot_be_split_and_says_so():
     backbone = create_model("vit_base_patch32_clip_224.openai", 2, pretrained=False).backbone
-    assert split_backbone(backbone, boundary_for(backbone, "finetune", 1)) is None
+    assert split_backbone(backbone, boundary_for(backbone, "finetune", 1), (3, 224, 224)) is None
 
 
 def test_offline_without_weights_is_one_actionable_line(monkeypatch):

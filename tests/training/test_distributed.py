@@ -1,0 +1,300 @@
+"""Several processes on torch.distributed (gloo on this CPU; the same code runs NCCL on GPUs), launched by
+torchrun as users launch them: the same run as one process, two "machines" on loopback, a worker killed and
+the group restarted, a stop that reaches every rank, and rank 1 writing nothing but cache entries.
+
+Each launch is a real torchrun job (c10d rendezvous on 127.0.0.1; the second "machine" is 127.0.0.2), kept
+tiny: the small CNN from scratch on part of the embedded sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig, to_dict
+from posterlab.launch import torchrun_command, worker_environment
+from posterlab.runs import load_run
+from posterlab.training.trainer import resume_run, train_run
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+# records every file a process opens for writing, by rank (Python's audit hooks: open, os.open, rename)
+AUDIT = textwrap.dedent(
+    """
+    import os, sys
+    _log = os.environ.get("POSTERLAB_AUDIT_DIR")
+    if _log:
+        _path = os.path.join(_log, f"rank{os.environ.get('RANK', 'x')}-{os.getpid()}.txt")
+        _writing = ("w", "a", "x", "+")
+
+        def _hook(event, args):
+            if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                mode, flags = args[1], args[2] if len(args) > 2 else 0
+                if (isinstance(mode, str) and any(c in mode for c in _writing)) or (
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+                ):
+                    _note(os.fsdecode(args[0]))
+            elif event in ("os.rename", "os.replace") and len(args) > 1:
+                _note(os.fsdecode(args[1]))
+
+        def _note(path):
+            if path != _path:
+                with open(_path, "a") as handle:
+                    handle.write(os.path.abspath(path) + "\\n")
+
+        sys.addaudithook(_hook)
+    """
+)
+
+
+def _config(name: str, epochs: int = 3, mode: str = "full", limit: int | None = 120) -> RunConfig:
+    return RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=4), limit=limit),
+        TrainConfig(
+            backbone="posterlab_small_cnn",
+            pretrained=False,
+            mode=mode,
+            epochs=epochs,
+            batch_size=16,
+            lr=3e-3,
+            patience=0,
+            num_workers=0,
+            flip_views=False,
+        ),
+        name=name,
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """Environment for torchrun jobs: their own checkpoints folder and cache, gloo on loopback, audited."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(AUDIT)
+    checkpoints = tmp_path / "checkpoints"
+    env = {
+        **worker_environment(True),
+        "POSTERLAB_CHECKPOINTS": str(checkpoints),
+        "POSTERLAB_AUDIT_DIR": str(audit),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return {"env": env, "checkpoints": checkpoints, "audit": audit, "tmp": tmp_path}
+
+
+def _config_file(cluster: dict, config: RunConfig) -> Path:
+    path = cluster["tmp"] / f"{config.name}.json"
+    path.write_text(json.dumps(to_dict(config)))
+    return path
+
+
+def _launch(
+    cluster: dict, args: list[str], nproc: int = 2, log: str = "torchrun", **kwargs
+) -> subprocess.Popen:
+    command = torchrun_command(args, nproc, **kwargs)
+    output = open(cluster["tmp"] / f"{log}.log", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        command, env=cluster["env"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _finish(cluster: dict, process: subprocess.Popen, log: str = "torchrun", timeout: float = 400) -> None:
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [p for p in _pids() if _descends_from(p, process.pid)]:  # torchrun's workers too
+            os.kill(pid, signal.SIGKILL)
+        raise
+    output = (cluster["tmp"] / f"{log}.log").read_text()
+    assert code == 0, output[-4000:]
+
+
+def _written_by_rank(cluster: dict, rank: int) -> set[str]:
+    written = set()
+    for path in cluster["audit"].glob(f"rank{rank}-*.txt"):
+        written |= set(path.read_text().split())
+    return written
+
+
+def _outside(paths: set[str], *allowed: Path) -> set[str]:
+    """Paths written outside ``allowed`` folders, less devices and what is gone again from the temp folder
+    (Python's tempfile probes it once with a throwaway file; torchrun keeps its own files there)."""
+    import tempfile
+
+    roots = [str(Path(a).resolve()) for a in allowed] + [
+        "/dev/",
+        "/proc/",
+        f"{tempfile.gettempdir()}/torchelastic_",
+    ]
+    temporary = tempfile.gettempdir() + os.sep
+    return {
+        p
+        for p in paths
+        if not any(p.startswith(root) for root in roots)
+        and not (p.startswith(temporary) and not os.path.exists(p))
+    }
+
+
+def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_two_processes_learn_what_one_does_stop_on_every_rank_and_resume_on_one(
+    cluster, runs_root, monkeypatch
+):
+    """2 processes started as the Train page starts them (a torchrun job followed through the run folder's
+    event log), the same global batch and seed as 1: same labels and split, close validation mAP; Stop
+    ends every rank at one batch boundary; the stopped run resumes on a single process; rank 1 wrote
+    nothing but cache entries."""
+    from posterlab.errors import BusyError
+    from posterlab.training.manager import TrainingManager
+
+    for key, value in cluster["env"].items():
+        monkeypatch.setenv(key, value)
+    manager = TrainingManager(cluster["checkpoints"])
+    manager.start(_config("two-procs"), processes=2)
+    with pytest.raises(BusyError):  # one run at a time, whatever its kind
+        manager.start(_config("another"))
+    run_dir = cluster["checkpoints"] / "two-procs"
+    _wait_for(lambda: manager.snapshot().history, what="the first epoch in the followed events")
+    manager.stop()
+    manager.join(timeout=300)
+    snapshot = manager.snapshot()
+    assert snapshot.status == "stopped" and snapshot.processes == 2 and snapshot.history, snapshot
+    two = load_run(run_dir)
+    assert two.state == "stopped" and 1 <= len(two.history) < 3
+    assert two.environment["world_size"] == 2 and two.environment["backend"] == "gloo"
+    assert two.environment["per_process_batch"] == 8
+    events = [json.loads(line)["type"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[0] == "Started" and "EpochEnd" in events and events[-1] == "Finished"
+    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+
+    one = load_run(train_run(_config("one-proc"), runs_root))  # the same run in one process
+    assert json.loads((run_dir / "split.json").read_text()) == json.loads(
+        (one.path / "split.json").read_text()
+    )
+    assert two.metrics["labels"] == one.metrics["labels"]
+    first_two, first_one = two.history[0], one.history[0]
+    assert abs(first_two["val_map"] - first_one["val_map"]) <= 0.02
+    assert first_two["train_loss"] == pytest.approx(first_one["train_loss"], rel=0.05)
+
+    resume_run(run_dir)  # a different number of processes than it started with
+    resumed = load_run(run_dir)
+    assert resumed.state == "completed" and [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    assert {row["session"] for row in resumed.history} == {0, 1}
+
+
+def test_two_machines_on_loopback(cluster):
+    """--nnodes 2 with a c10d rendezvous: one process on "127.0.0.1", one on "127.0.0.2"; a probe whose
+    embeddings both extract, sharded, into the shared cache."""
+    config = _config("two-nodes", epochs=2, mode="probe", limit=80)
+    endpoint = f"127.0.0.1:{free_port()}"
+    args = [
+        "--config",
+        str(_config_file(cluster, config)),
+        "--out",
+        str(cluster["checkpoints"] / "two-nodes"),
+        "-q",
+    ]
+    nodes = [
+        _launch(
+            cluster,
+            args,
+            nproc=1,
+            log=f"node{i}",
+            nnodes="2",
+            endpoint=endpoint,
+            rdzv_id="two-nodes",
+            local_addr=address,
+        )
+        for i, address in enumerate(("127.0.0.1", "127.0.0.2"))
+    ]
+    for i, node in enumerate(nodes):
+        _finish(cluster, node, log=f"node{i}")
+    run = load_run(cluster["checkpoints"] / "two-nodes")
+    assert run.state == "completed" and run.environment["world_size"] == 2 and run.metrics["cached_inputs"]
+    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+
+
+def test_a_killed_worker_costs_an_epoch_not_the_run(cluster):
+    """SIGKILL one worker after the first epoch: torchrun (--max-restarts 1) restarts the group, which
+    resumes from the last finished epoch; the run completes and loads, and its history shows the restart."""
+    config = _config("elastic", epochs=4, limit=200)
+    run_dir = cluster["checkpoints"] / "elastic"
+    process = _launch(
+        cluster,
+        ["--config", str(_config_file(cluster, config)), "--out", str(run_dir), "-q"],
+        log="elastic",
+        max_restarts=1,
+    )
+    _wait_for(
+        lambda: (run_dir / "history.json").exists() and (run_dir / "resume.safetensors").exists(),
+        what="the first epoch's checkpoint",
+    )
+    victim = _rank_pid(process.pid, rank=1)
+    os.kill(victim, signal.SIGKILL)
+    _finish(cluster, process, log="elastic")
+    run = load_run(run_dir)
+    assert run.state == "completed" and [row["epoch"] for row in run.history] == [1, 2, 3, 4]
+    assert max(row["session"] for row in run.history) >= 1  # epochs after the restart belong to a new session
+    from posterlab.inference import Predictor
+
+    assert Predictor(run_dir).labels == tuple(run.metrics["labels"])
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The pid of the worker with ``RANK=rank`` among the launcher's descendants."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            worker = f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ)
+            if worker and _descends_from(int(entry.name), launcher):
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+def test_the_shorthand_relaunches_under_torchrun(cluster, monkeypatch):
+    """``posterlab train --nproc-per-node 2`` builds the torchrun command (the same flags, minus its own)."""
+    from posterlab.launch import strip_launch_flags
+
+    argv = ["--data", "sample", "--nproc-per-node", "2", "--max-restarts=1", "--epochs", "2"]
+    assert strip_launch_flags(argv) == ["--data", "sample", "--epochs", "2"]
+    command = torchrun_command(["--data", "sample"], 2, max_restarts=1)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node" in command and command[-4:] == ["posterlab", "train", "--data", "sample"]
+    assert any(part.startswith("127.0.0.1:") for part in command)  # one machine: rendezvous on loopback
