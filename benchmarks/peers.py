@@ -4,7 +4,7 @@ Every contender gets the same posters, the same movie-level split (posterlab's o
 lists of imdb ids to ``<out>/peers/split.json``), the same backbone (tf_efficientnet_lite0) with the
 same local ImageNet weights, and the same wall-clock budget. Each runs in its own process; the parent
 measures its wall time (start to exit) and peak memory (``os.wait4``'s peak RSS of the process, and the
-peak of the summed RSS of its whole process tree, data-loader workers included, sampled twice a second).
+peak memory of its whole process tree, data-loader workers included: summed PSS, sampled twice a second).
 Every contender writes its validation and test probabilities (``id, split, p:<label>``, 5 decimals, the
 format of posterlab's ``predictions.csv``); the parent scores them all with the same code: per-label
 thresholds tuned on validation (``tune_thresholds``), test metrics (``evaluate_scores``), and the constant
@@ -519,31 +519,40 @@ def export_split(data: Path, limit: int | None, seed: int, path: Path):
     return prepared
 
 
-def _tree_rss_kib(root: int) -> int:
-    """Summed resident memory (KiB) of ``root`` and its descendants, read from /proc (0 elsewhere)."""
-    parents, rss = {}, {}
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc (just ``root`` where there is no /proc)."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            stat = (entry / "stat").read_text()
-            pages = int((entry / "statm").read_text().split()[1])
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
-        pid = int(entry.name)
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss[pid] = pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    total, stack = 0, [root]
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        found.append(pid)
         stack += children.get(pid, [])
+    return found
+
+
+def _tree_pss_kib(root: int) -> int:
+    """Memory of ``root``'s process tree (KiB): the sum of proportional set sizes, so that pages that
+    forked data-loader workers share with their parent count once (a sum of RSS would count them in
+    every worker)."""
+    total = 0
+    for pid in _descendants(root):
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("Pss:")), 0)
     return total
 
 
 def measure(command: list[str], env: dict, log: Path, hard_limit: float) -> dict:
-    """Run ``command`` in its own session; wall time, exit code, peak RSS (wait4) and peak tree RSS.
+    """Run ``command`` in its own session; wall time, exit code, peak RSS (wait4) and the peak memory of
+    its process tree (summed PSS, sampled twice a second).
 
     The process is killed (with its group) past ``hard_limit`` seconds: a contender that ignores its
     budget does not hold the benchmark hostage."""
@@ -557,7 +566,7 @@ def measure(command: list[str], env: dict, log: Path, hard_limit: float) -> dict
 
         def watch() -> None:
             while not done.wait(0.5):
-                peak["tree"] = max(peak["tree"], _tree_rss_kib(process.pid))
+                peak["tree"] = max(peak["tree"], _tree_pss_kib(process.pid))
                 if time.monotonic() - started > hard_limit and not peak["killed"]:
                     peak["killed"] = True
                     os.killpg(process.pid, signal.SIGKILL)
@@ -573,7 +582,7 @@ def measure(command: list[str], env: dict, log: Path, hard_limit: float) -> dict
         "returncode": os.waitstatus_to_exitcode(status),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
         # the tree holds the process, so its peak is at least the process's (sampling can miss spikes)
-        "peak_tree_rss_mib": round(max(peak["tree"], usage.ru_maxrss) / 1024),
+        "peak_tree_mib": round(max(peak["tree"], usage.ru_maxrss) / 1024),
         "killed_at_hard_limit": peak["killed"],
     }
 
@@ -662,14 +671,18 @@ def _trained(row: dict) -> str:
     if "epochs_done" not in info:
         return "failed"
     planned = f"/{info['epochs_planned']}" if info.get("epochs_planned") else ""
-    end = "stopped at budget" if info.get("stopped_by_budget") else "completed"
+    if info.get("stopped_by_budget"):
+        end = "stopped at budget"
+    else:
+        early = info.get("epochs_planned") and info["epochs_done"] < info["epochs_planned"]
+        end = "early-stopped" if early else "completed"
     return f"{info['epochs_done']}{planned} epochs, {end}"
 
 
 def markdown(rows: list[dict], baseline: dict | None) -> str:
     """The results table: one row per contender, then the constant baseline."""
     lines = [
-        "| contender | wall s | peak RSS MiB (process / tree) | training | test micro-F1 | macro-F1 | mAP |",
+        "| contender | wall s | peak memory MiB (process RSS / tree PSS) | training | test micro-F1 | macro-F1 | mAP |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for row in rows:
@@ -679,7 +692,7 @@ def markdown(rows: list[dict], baseline: dict | None) -> str:
             if m
             else f"{(row.get('error') or 'no result').strip().splitlines()[-1][:80]} | | "
         )
-        memory = f"{row['peak_rss_mib']} / {row['peak_tree_rss_mib']}"
+        memory = f"{row['peak_rss_mib']} / {row['peak_tree_mib']}"
         lines.append(
             f"| {row['contender']} | {row['wall_seconds']:.1f} | {memory} | {_trained(row)} | {shown} |"
         )
