@@ -67,7 +67,7 @@ import pandas as pd
 BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = "../shared/weights"
 # timm train.py's defaults (huggingface/pytorch-image-models, train.py at aa4b5850, 2026-08) for what this
-# recipe uses; the three values that differ are marked
+# recipe uses; where a value differs, the comment gives train.py's
 TIMM_ARGS = {
     "opt": "sgd",  # timm's "sgd" is SGD with Nesterov momentum
     "momentum": 0.9,
