@@ -3,8 +3,9 @@
 Every contender gets the same posters, the same movie-level split (posterlab's own, exported once as
 lists of imdb ids to ``<out>/peers/split.json``), the same backbone (tf_efficientnet_lite0) with the
 same local ImageNet weights, and the same wall-clock budget. Each runs in its own process; the parent
-measures its wall time (start to exit) and peak memory (``os.wait4``'s peak RSS of the process, and the
-peak memory of its whole process tree, data-loader workers included: summed PSS, sampled twice a second).
+measures its wall time (start to exit) and peak RSS (``os.wait4``, as benchmarks/speed.py does: the largest
+single process of its tree); peers.json adds the peak of the tree's summed PSS, data-loader workers
+included, sampled twice a second (a lower bound).
 Every contender writes its validation and test probabilities (``id, split, p:<label>``, 5 decimals, the
 format of posterlab's ``predictions.csv``); the parent scores them all with the same code: per-label
 thresholds tuned on validation (``tune_thresholds``), test metrics (``evaluate_scores``), and the constant
@@ -551,8 +552,8 @@ def _tree_pss_kib(root: int) -> int:
 
 
 def measure(command: list[str], env: dict, log: Path, hard_limit: float) -> dict:
-    """Run ``command`` in its own session; wall time, exit code, peak RSS (wait4) and the peak memory of
-    its process tree (summed PSS, sampled twice a second).
+    """Run ``command`` in its own session; wall time, exit code, peak RSS (wait4) and the sampled peak of
+    its process tree's summed PSS.
 
     The process is killed (with its group) past ``hard_limit`` seconds: a contender that ignores its
     budget does not hold the benchmark hostage."""
@@ -581,8 +582,9 @@ def measure(command: list[str], env: dict, log: Path, hard_limit: float) -> dict
         "wall_seconds": round(seconds, 1),
         "returncode": os.waitstatus_to_exitcode(status),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
-        # the tree holds the process, so its peak is at least the process's (sampling can miss spikes)
-        "peak_tree_mib": round(max(peak["tree"], usage.ru_maxrss) / 1024),
+        # a lower bound: sampling misses short spikes, and PSS splits shared pages (libraries too) with
+        # every process that maps them, the parent included; it shows what data-loader workers add
+        "peak_tree_pss_mib": round(peak["tree"] / 1024),
         "killed_at_hard_limit": peak["killed"],
     }
 
@@ -682,7 +684,7 @@ def _trained(row: dict) -> str:
 def markdown(rows: list[dict], baseline: dict | None) -> str:
     """The results table: one row per contender, then the constant baseline."""
     lines = [
-        "| contender | wall s | peak memory MiB (process RSS / tree PSS) | training | test micro-F1 | macro-F1 | mAP |",
+        "| contender | wall s | peak RSS MiB | training | test micro-F1 | macro-F1 | mAP |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for row in rows:
@@ -692,9 +694,8 @@ def markdown(rows: list[dict], baseline: dict | None) -> str:
             if m
             else f"{(row.get('error') or 'no result').strip().splitlines()[-1][:80]} | | "
         )
-        memory = f"{row['peak_rss_mib']} / {row['peak_tree_mib']}"
         lines.append(
-            f"| {row['contender']} | {row['wall_seconds']:.1f} | {memory} | {_trained(row)} | {shown} |"
+            f"| {row['contender']} | {row['wall_seconds']:.1f} | {row['peak_rss_mib']} | {_trained(row)} | {shown} |"
         )
     if baseline:
         values = " | ".join(f"{baseline[k]:.3f}" for k in ("micro_f1", "macro_f1", "map"))
