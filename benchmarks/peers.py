@@ -331,7 +331,7 @@ def run_timm(job: Job) -> dict:
         optimizer, **scheduler_kwargs(args, decreasing_metric=True), updates_per_epoch=len(train_loader)
     )
     loss_fn = BinaryCrossEntropy(smoothing=args.smoothing).to(device)
-    best, best_loss, updates, stopped = None, float("inf"), 0, False
+    best, best_val, best_loss, updates, stopped = None, None, float("inf"), 0, False
     for epoch in range(epochs):
         model.train()
         for images, targets in train_loader:
@@ -346,19 +346,17 @@ def run_timm(job: Job) -> dict:
             scheduler.step_update(num_updates=updates)
         if stopped:
             break
-        val_loss = _bce(_timm_predict(model, val_loader, device), job.y("val"))
+        val = _timm_predict(model, val_loader, device)
+        val_loss = _bce(val, job.y("val"))
         if val_loss < best_loss:
-            best_loss, best = val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_loss, best_val = val_loss, val
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         scheduler.step(epoch + 1, val_loss)
     if best is not None:  # what train.py's checkpoint saver keeps: the best epoch by the eval metric
         model.load_state_dict(best)
-    write_predictions(
-        job,
-        {
-            "val": _timm_predict(model, val_loader, device),
-            "test": _timm_predict(model, loader("test"), device),
-        },
-    )
+    else:
+        best_val = _timm_predict(model, val_loader, device)
+    write_predictions(job, {"val": best_val, "test": _timm_predict(model, loader("test"), device)})
     return {
         "train_batches": updates,
         "epochs_done": round(updates / max(len(train_loader), 1), 2),
