@@ -28,7 +28,7 @@ Contenders (``--contenders``, in this order by default):
              1 epoch stepped per update instead of 5 per epoch (sized for a short fine-tune), no prefetcher
              (its collate only carries class indices), validation loss as BCE (train.py's validation CE has
              no meaning for multi-label).
-  plain      the seed-style plain loop of ``benchmarks/speed.py`` (``plain_loop``): frozen Lite0 run on
+  plain      the seed-style plain loop of ``benchmarks/plain_loop.py``: frozen Lite0 run on
              every decoded poster in every epoch, a linear head trained with AdamW 1e-3 and BCE, batch 32, no
              shuffling, no augmentation; epochs until the budget is spent; the last weights are scored.
   probe      posterlab's ``probe`` recipe of ``benchmarks/quality.py`` through ``train_run``

@@ -35,8 +35,8 @@ from pathlib import Path
 from quality import RECIPES, tasks
 
 from posterlab.config import DataConfig, LabelConfig, RunConfig
-from posterlab.models.factory import weights_file
 from posterlab.models.registry import DEFAULT_BACKBONE, get_backbone
+from posterlab.models.weights import weights_file
 from posterlab.runs import load_run, write_json
 from posterlab.training.trainer import train_run
 
