@@ -48,6 +48,33 @@ RECIPES = {  # name → (training, changes to the task's data config)
         TrainConfig(mode="probe", epochs=30, lr=1e-3, patience=6, flip_views=True),
         {"fit": "crop", "extra_fits": ("pad", "squash")},
     ),
+    # the best recipe on the larger EfficientNet-Lites (240 and 260 px): members of the ensembles below
+    "best_lite1": (
+        TrainConfig(
+            backbone="tf_efficientnet_lite1",
+            mode="finetune",
+            unfreeze=1,
+            epochs=8,
+            lr=1e-3,
+            backbone_lr_scale=0.1,
+            patience=3,
+            flip_views=True,
+        ),
+        {"fit": "crop", "extra_fits": ("pad", "squash")},
+    ),
+    "best_lite2": (
+        TrainConfig(
+            backbone="tf_efficientnet_lite2",
+            mode="finetune",
+            unfreeze=1,
+            epochs=8,
+            lr=1e-3,
+            backbone_lr_scale=0.1,
+            patience=3,
+            flip_views=True,
+        ),
+        {"fit": "crop", "extra_fits": ("pad", "squash")},
+    ),
     # the committed fresh/rotten demo model: whole poster (pad), class weights, flips, lr / dropout / weight
     # decay by a 10-trial random search with 5-fold cross-validation over train+val (picked by that CV score)
     "probe_pad_weighted": (
