@@ -31,7 +31,7 @@ from posterlab.config import (
     from_dict,
     leaves,
 )
-from posterlab.errors import PosterlabError, one_line
+from posterlab.errors import PosterlabError, one_line, out_of_memory
 
 log = logging.getLogger("posterlab")
 
@@ -525,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         print("posterlab: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug: one line unless --debug
+        if out_of_memory(error) and not debug:
+            print(f"posterlab: error: {one_line(error)}", file=sys.stderr)
+            return 2
         if debug:
             raise
         print(

@@ -14,10 +14,23 @@ def one_line(error: BaseException, limit: int = 300, typed: bool = True) -> str:
     prefixed with its type (unless ``typed`` is False) so that it still says what kind of failure it was.
     """
     text = str(error).strip()
+    if out_of_memory(error):
+        return OUT_OF_MEMORY
     first = text.splitlines()[0][:limit] if text else ""
     if isinstance(error, PosterlabError) or (first and not typed):
         return first or type(error).__name__
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+OUT_OF_MEMORY = (
+    "the GPU ran out of memory: lower the batch size (--batch-size, or Batch size on the Train page), "
+    "keep mixed precision on (--amp), or pick a smaller backbone"
+)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.cuda.OutOfMemoryError, or the RuntimeError older paths raise)."""
+    return type(error).__name__ == "OutOfMemoryError" or str(error).lstrip().startswith("CUDA out of memory")
 
 
 class PosterlabError(Exception):

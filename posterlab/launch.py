@@ -82,9 +82,15 @@ def torchrun_command(
     return command + ["-m", "posterlab", "train", *train_args]
 
 
+# torchrun (>= 2.5) shares its rendezvous store with the workers and keeps it across restarts, so a
+# restarted group can read the dead group's addresses and fail to connect (pytorch/pytorch#135712,
+# #167288); with sharing off, every attempt gets a fresh store.
+FRESH_STORE_PER_RESTART = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def worker_environment(single_machine: bool) -> dict[str, str]:
-    """The workers' environment: on one machine, gloo talks over loopback only."""
-    env = dict(os.environ)
+    """The workers' environment: a fresh store for each restart; on one machine, gloo on loopback only."""
+    env = {**FRESH_STORE_PER_RESTART, **os.environ}
     if single_machine:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return env

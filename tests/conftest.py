@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU only, like CI
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="posterlab-test-cache-"))
 os.environ["POSTERLAB_CACHE_DIR"] = str(_SESSION_CACHE)
 
@@ -34,6 +34,13 @@ MULTILABEL_METRICS = {
     "hit_at_1",
 }
 SINGLE_METRICS = {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """CPU only, like CI, unless the GPU tests are asked for (`pytest -m gpu` on a machine with one)."""
+    expression = config.getoption("markexpr") or ""
+    if not re.search(r"(?<!not )\bgpu\b", expression):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -80,3 +80,14 @@ def test_precision_follows_the_compute_capability(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert amp_dtype(cuda, True) == torch.float16
     assert amp_dtype(cuda, False) is None and amp_dtype(torch.device("cpu"), True) is None
+
+
+def test_cuda_out_of_memory_is_one_line_that_says_lower_the_batch_size():
+    from posterlab.errors import one_line
+
+    raw = torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB\nof which..."
+    )
+    for error in (raw, RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")):
+        message = one_line(error)
+        assert "\n" not in message and "lower the batch size (--batch-size" in message

@@ -172,6 +172,12 @@ def from_environment(device: str = "auto") -> Dist:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend=backend, timeout=TIMEOUT)
     log.info("process %d of %d (%s, local rank %d)", rank, world, backend, local_rank)
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if rank == 0 and shared_store and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0):
+        log.warning(
+            "torchrun shares one store across restarts, so a restarted group may fail to connect: "
+            "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun (pytorch/pytorch#135712)"
+        )
     return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend)
 
 

@@ -188,8 +188,10 @@ class _Images(Dataset):
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU cores this process may use: those it may run on (its affinity, not the machine's count),
+    shared with the other processes of a distributed run on this node (torchrun's LOCAL_WORLD_SIZE)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def default_workers(device: torch.device) -> int:
@@ -367,7 +369,7 @@ class RememberedBackbone:
 
     def preprocess(self, fit: str, build: Callable[[], nn.Module]) -> Preprocess:
         """The backbone's preprocessing (timm's config), remembered; building the backbone if it is not."""
-        path = self._stem.with_suffix(".json")
+        path = self._stem.parent / f"{self._stem.name}.json"
         if not path.is_file():
             return Preprocess.for_model(build(), fit)
         values = json.loads(path.read_text())["preprocess"]
@@ -383,7 +385,7 @@ class RememberedBackbone:
 
     def weights(self, build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
         """The backbone's state dict, remembered; building the backbone if it is not."""
-        path = self._stem.with_suffix(".safetensors")
+        path = self._stem.parent / f"{self._stem.name}.safetensors"
         if path.is_file():
             from posterlab.runs import load_tensors
 
@@ -401,9 +403,9 @@ def remember_backbone(name: str, start: str, backbone: nn.Module, preprocess: Pr
 
     stem = RememberedBackbone(name, start)._stem
     stem.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(stem.with_suffix(".safetensors"), backbone.state_dict())
+    save_tensors(stem.parent / f"{stem.name}.safetensors", backbone.state_dict())
     _atomic(
-        stem.with_suffix(".json"),
+        stem.parent / f"{stem.name}.json",
         lambda handle: handle.write(json.dumps({"preprocess": preprocess.to_dict()}).encode()),
     )
 
