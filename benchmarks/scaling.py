@@ -68,8 +68,11 @@ def full(data: str, processes: list[int], work: Path, limit: int | None, epochs:
         extra = ["--epochs", str(epochs), "--patience", "0", "--batch-size", "32", "--no-augment"]
         result = _train(data, "full", n, work, extra + (["--limit", str(limit)] if limit else []))
         result["images_per_s"] = round(result["posters"]["train"] / result["epoch_s"][-1], 2)
-        print(f"full fine-tune, {n} process(es): {result['images_per_s']} training posters/s "
-              f"(epochs {result['epoch_s']} s)", flush=True)
+        print(
+            f"full fine-tune, {n} process(es): {result['images_per_s']} training posters/s "
+            f"(epochs {result['epoch_s']} s)",
+            flush=True,
+        )
         rows.append(result)
     return rows
 
@@ -81,8 +84,11 @@ def extract(data: str, processes: list[int], work: Path, limit: int | None) -> l
         result = _train(data, "probe", n, work, extra)
         posters = sum(result["posters"].values())
         result["posters_per_s"] = round(posters / result["feature_s"], 2)
-        print(f"extraction, {n} process(es): {result['posters_per_s']} posters/s "
-              f"({posters} posters in {result['feature_s']} s)", flush=True)
+        print(
+            f"extraction, {n} process(es): {result['posters_per_s']} posters/s "
+            f"({posters} posters in {result['feature_s']} s)",
+            flush=True,
+        )
         rows.append(result)
     return rows
 
@@ -142,19 +148,28 @@ def large(data: str, rows: int, work: Path) -> dict:
     runs = []
     for attempt in ("cold", "warm"):  # warm: the scan cache of the first pass
         done = subprocess.run(
-            [sys.executable, "-c", PREPARE, str(folder)], check=True, env=env, cwd=ROOT,
-            capture_output=True, text=True,
+            [sys.executable, "-c", PREPARE, str(folder)],
+            check=True,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         result = json.loads(done.stdout.strip().splitlines()[-1]) | {"pass": attempt}
-        print(f"{rows:,} rows, {attempt}: read+scan+clean+label+split {result['prepare_s']} s "
-              f"({result['kept']} kept), splitting every row {result['split_every_row_s']} s, "
-              f"peak RSS {result['peak_rss_mb']} MB", flush=True)
+        print(
+            f"{rows:,} rows, {attempt}: read+scan+clean+label+split {result['prepare_s']} s "
+            f"({result['kept']} kept), splitting every row {result['split_every_row_s']} s, "
+            f"peak RSS {result['peak_rss_mb']} MB",
+            flush=True,
+        )
         runs.append(result)
     return {"rows": rows, "passes": runs, "goal": "under 60 s and under 2048 MB"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default="sample", help="dataset (default: the embedded sample)")
     parser.add_argument("--processes", default="1,2", help="process counts to compare")
     parser.add_argument("--limit", type=int, default=None, help="posters for the training runs")

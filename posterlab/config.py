@@ -211,10 +211,10 @@ class TrainConfig:
     )
     weight_decay: float = option(1e-4, "AdamW / SGD weight decay (never on biases and norm weights)")
     dropout: float = option(0.2, "dropout before the head")
-    optimizer: str = option("adamw", "optimizer: AdamW or SGD with momentum (torch.optim)", choices=OPTIMIZERS)
-    schedule: str = option(
-        "cosine", "learning-rate schedule per epoch", choices=SCHEDULES
+    optimizer: str = option(
+        "adamw", "optimizer: AdamW or SGD with momentum (torch.optim)", choices=OPTIMIZERS
     )
+    schedule: str = option("cosine", "learning-rate schedule per epoch", choices=SCHEDULES)
     step_every: int = option(10, "epochs between 10x learning-rate drops (schedule step)")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up")
     loss: str = option(
