@@ -1,10 +1,13 @@
 """posterlab's workbench: ``streamlit run app.py``.
 
 The entry point only sets up navigation and the sidebar settings (dataset, checkpoints folder, the
-training indicator); each screen is a file under ``pages/``.
+training indicator); each screen is a file under ``pages/``. The chosen dataset is kept in the page's
+URL (``?data=``), so a browser reload, or a link, comes back to it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
@@ -21,8 +24,45 @@ SOURCES = {
 }
 
 
+def _remembered() -> str:
+    """The dataset named in the URL (a reload keeps it) or chosen earlier in this session (moving to
+    another page drops the URL's query): it seeds the sidebar once per session."""
+    remembered = st.query_params.get("data", "") or st.session_state.get("sidebar_remembered", "")
+    if remembered and "sidebar_source" not in st.session_state:
+        if remembered in settings.SAMPLES:
+            st.session_state["sidebar_source"] = remembered
+        elif state.is_upload(remembered):
+            st.session_state["sidebar_source"] = "upload"
+        else:
+            st.session_state["sidebar_source"] = "path"
+            st.session_state["sidebar_path"] = remembered
+    return remembered
+
+
+def _upload(remembered: str) -> str:
+    """An uploaded dataset, kept under the cache; the last one stays chosen across a reload."""
+    upload = st.file_uploader(
+        "CSV or zip",
+        type=["csv", "zip"],
+        key="sidebar_upload",
+        help="A dataset zip (labels.csv + images/, or a folder per class) is extracted safely; "
+        "Kaggle's MovieGenre.csv downloads its posters.",
+    )
+    if upload is not None:
+        try:
+            return str(state.save_upload(upload.name, upload.getvalue()))
+        except PosterlabError as error:
+            show_error(error)
+            return ""
+    if state.is_upload(remembered) and Path(remembered).is_file():
+        st.caption(f"Using `{state.display_name(remembered)}`, uploaded earlier.")
+        return remembered
+    return ""
+
+
 def dataset_settings() -> None:
-    """Pick the dataset; its path goes to session state when it can be read, else an error shows."""
+    """Pick the dataset; its path goes to session state (and the URL) when it can be read."""
+    remembered = _remembered()
     choice = st.selectbox("Dataset", list(SOURCES), format_func=SOURCES.get, key="sidebar_source")
     path = choice
     if choice == "path":
@@ -32,19 +72,7 @@ def dataset_settings() -> None:
             placeholder="folder with labels.csv + images/, MovieGenre.csv, or a .zip",
         ).strip()
     elif choice == "upload":
-        upload = st.file_uploader(
-            "CSV or zip",
-            type=["csv", "zip"],
-            key="sidebar_upload",
-            help="A dataset zip (labels.csv + images/, or a folder per class) is extracted safely; "
-            "Kaggle's MovieGenre.csv downloads its posters.",
-        )
-        path = ""
-        if upload is not None:
-            try:
-                path = str(state.save_upload(upload.name, upload.getvalue()))
-            except PosterlabError as error:
-                show_error(error)
+        path = _upload(remembered)
     st.session_state[state.DATASET_KEY] = ""
     if not path:
         st.caption("Give a dataset to browse and train on.")
@@ -52,9 +80,12 @@ def dataset_settings() -> None:
     try:
         dataset = state.dataset(path)
     except PosterlabError as error:
-        show_error(error)
+        show_error(error, path)
         return
     st.session_state[state.DATASET_KEY] = path
+    st.session_state["sidebar_remembered"] = path
+    if st.query_params.get("data", "sample") != path:
+        st.query_params["data"] = path
     st.caption(f"{len(dataset)} posters · {dataset.kind.replace('_', ' ')}")
 
 
@@ -76,7 +107,7 @@ def checkpoint_settings() -> None:
     )
 
 
-through_app()  # a first request on a fresh server must not run as an old-style pages/ app
+through_app()  # a page's own URL on a fresh server must come through this file too (see its docstring)
 st.set_page_config(page_title="posterlab", page_icon=":material/movie:", layout="wide")
 page = st.navigation(
     [
@@ -86,7 +117,8 @@ page = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
         st.Page("pages/explore.py", title="Explore", icon=":material/image_search:"),
         st.Page("pages/demo.py", title="Demo", icon=":material/rocket_launch:"),
-    ]
+    ],
+    position="top",  # the sidebar is for settings; .streamlit/config.toml hides the pages/ folder's own menu
 )
 with st.sidebar:
     dataset_settings()

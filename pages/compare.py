@@ -32,14 +32,18 @@ def delete(path: Path) -> None:
 
 
 def runs_overview(runs: list[Run]) -> None:
-    """The runs table: what was trained on what, how long it took, test metrics beside baselines."""
+    """The runs table: what was trained on what, how long it took, test metrics beside baselines, and a
+    plain word where a run does no better than its baseline."""
     table = runs_table(runs)
     table["started"] = table["started"].map(when)
+    table["data"] = table["data"].map(state.display_name)
+    table = table.dropna(axis=1, how="all")  # a metric no run has is no column
     metrics = [m for m in HEADLINE if m in table.columns]
+    table["vs baseline"] = [_verdict(row, metrics) for _, row in table.iterrows()]
     columns = [c for c in LEADING if c in table.columns]
     for metric in metrics:
         columns += [metric] + ([f"baseline_{metric}"] if f"baseline_{metric}" in table.columns else [])
-    columns += [c for c in TRAILING if c in table.columns]
+    columns += ["vs baseline"] + [c for c in TRAILING if c in table.columns]
     config = {m: st.column_config.NumberColumn(m, format="%.3f") for m in metrics}
     config |= {
         f"baseline_{m}": st.column_config.NumberColumn(f"{m} (baseline)", format="%.3f") for m in metrics
@@ -72,14 +76,38 @@ def curves(chosen: list[Run]) -> None:
     st.plotly_chart(integer_epochs(figure, longest), key="compare_curves")
 
 
+def _verdict(row: pd.Series, metrics: list[str]) -> str:
+    """'below baseline (map)' when a headline metric is no better than the baseline's, else ''."""
+    lower = {"hamming", "loss"}
+    worse = [
+        m
+        for m in metrics
+        if pd.notna(row.get(m))
+        and pd.notna(row.get(f"baseline_{m}"))
+        and (row[m] >= row[f"baseline_{m}"] if m in lower else row[m] <= row[f"baseline_{m}"])
+    ]
+    return f"below baseline ({', '.join(worse)})" if worse else ("above baseline" if metrics else "")
+
+
 def test_metrics(chosen: list[Run]) -> None:
-    """Model vs baseline for each picked run, one row per metric."""
+    """Model vs baseline for each picked run, one row per metric (metrics no picked run has are left out);
+    a metric where a run does no better than its baseline is marked."""
     rows = {}
     for run in chosen:
         test = (run.metrics or {}).get("test", {})
         rows[run.name] = pd.Series(test.get("metrics", {}))
         rows[f"{run.name} (baseline)"] = pd.Series(test.get("baseline", {}))
-    st.dataframe(pd.DataFrame(rows), key="compare_test_metrics")
+    table = pd.DataFrame(rows).dropna(how="all")
+    for run in chosen:
+        if run.name in table:
+            lower = table.index.isin(["hamming", "loss"])
+            model, base = table[run.name], table[f"{run.name} (baseline)"]
+            worse = (model >= base) & lower | (model <= base) & ~lower
+            table[f"{run.name}: vs baseline"] = ["below" if w else "" for w in worse.fillna(False)]
+    st.dataframe(table, key="compare_test_metrics")
+    st.caption(
+        "“below”: no better than the baseline that predicts the training prevalence (or majority class)."
+    )
 
 
 def per_label(chosen: list[Run]) -> None:
@@ -120,8 +148,9 @@ def curves_roc(chosen: list[Run]) -> None:
         return
     points = interpret.roc_pr_points(predictions)
     left, right = st.columns(2)
-    left.plotly_chart(figures.roc(points), key="compare_roc")
-    right.plotly_chart(figures.precision_recall(points), key="compare_pr")
+    labels = run.metrics["labels"]
+    left.plotly_chart(figures.roc(points, labels=labels), key="compare_roc")
+    right.plotly_chart(figures.precision_recall(points, labels=labels), key="compare_pr")
     st.plotly_chart(
         figures.reliability_plot(interpret.reliability(predictions), "Calibration on the test posters"),
         key="compare_reliability",
@@ -157,6 +186,20 @@ def _pick(chosen: list[Run], key: str) -> Run:
     return chosen[names.index(st.selectbox("Run", names, key=key))]
 
 
+def _target(run: Run) -> tuple:
+    return (run.metrics or {}).get("task"), tuple((run.metrics or {}).get("labels", ()))
+
+
+def comparable(runs: list[Run], most: int = 4) -> list[str]:
+    """The newest finished run and the other runs that predict the same labels (the committed demo runs
+    too, whatever their age): the runs a first look at Compare should put side by side."""
+    finished = [r for r in runs if r.metrics]
+    if not finished:
+        return []
+    target = _target(finished[0])
+    return [r.name for r in finished if _target(r) == target][:most]
+
+
 def delete_section(runs: list[Run]) -> None:
     """Delete a run folder, after a confirmation tick."""
     with st.expander("Delete a run", icon=":material/delete:"):
@@ -189,12 +232,17 @@ finished = [r.name for r in runs if r.metrics]
 picked = st.multiselect(
     "Runs to compare",
     finished,
-    default=finished[:3],
+    default=comparable(runs),
     key="compare_runs",
     persist_state="session",
-    help="Completed or stopped runs.",
+    help="Completed or stopped runs. At first: the newest finished run and those that predict the same labels.",
 )
 chosen = [by_name[n] for n in picked]
+if len({_target(r) for r in chosen}) > 1:
+    st.warning(
+        "These runs predict different labels: curves and tables compare what each has in common.",
+        icon=":material/compare_arrows:",
+    )
 if chosen:
     tabs = st.tabs(
         ["Curves", "Test metrics", "Per label", "ROC / PR", "Confusion"], key="compare_tab", on_change="rerun"

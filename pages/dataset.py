@@ -22,21 +22,26 @@ through_app()  # before anything is drawn: see workbench.through_app
 
 path, dataset = require_dataset()
 st.title(":material/photo_library: Dataset")
-st.caption(f"`{dataset.name}` · {len(dataset)} posters read from `{dataset.root}`")
+shown = state.display_name(path)
+st.caption(
+    f"`{shown}` · {len(dataset)} posters" + ("" if state.is_upload(path) else f" read from `{dataset.root}`")
+)
 
 with st.container(border=True):
     st.markdown("##### Labels to learn")
     try:
-        labels = label_controls(dataset.frame, state.selection_key(path))
+        labels = label_controls(dataset.frame, state.selection_key(path), shown)
     except PosterlabError as error:
-        show_error(error)
+        show_error(error, path)
         st.stop()
     method = balance_control(state.selection_key(path))
+if labels is None:  # no genres or labels: the user chooses what to predict first
+    st.stop()
 
 try:
     prepared = state.prepared(DataConfig(path=path, labels=labels, balance=method))
 except PosterlabError as error:
-    show_error(error)
+    show_error(error, path)
     st.stop()
 
 labelled, report, splits = prepared.labelled, prepared.report, prepared.splits

@@ -1,24 +1,26 @@
 """Explore: a run's predictions vs truth, its worst mistakes, the posters it is surest about for any
-label (with Grad-CAM), activation maps, and your own posters."""
+label (with Grad-CAM), the embedding map of the dataset's posters, activation maps, and your own posters."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
 
-from posterlab.config import CAM_METHODS as METHODS
+from posterlab.config import CAM_METHODS, SLOW_CAM_METHODS
 from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures, interpret
 from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
-from workbench.widgets import forget_invalid, run_picker, show_error
+from workbench.widgets import forget_invalid, map_chart, run_picker, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
 
 COLUMNS = 6
+FAST_METHODS = [m for m in CAM_METHODS if m not in SLOW_CAM_METHODS]  # galleries: one pass per poster
 MARKS = {"right": "✓", "partly": "≈", "wrong": "✗"}
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 
@@ -49,6 +51,12 @@ def grid(
     """Posters in rows of ``COLUMNS``. With ``cam_label`` (a label, or a function of the row giving one),
     each poster's Grad-CAM is drawn under it once the row's posters are on screen."""
     items = list(rows.iterrows())
+    slot = st.empty()  # a new choice replaces the previous posters at once, not as their overlays come
+    with slot.container():
+        _rows(items, captions, cam_label, run, method)
+
+
+def _rows(items: list, captions: list[str], cam_label, run: Run | None, method: str) -> None:
     for start in range(0, len(items), COLUMNS):
         columns = st.columns(COLUMNS)
         shown = []
@@ -117,7 +125,7 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
         help="Where the model looked for the label",
     )
     chosen = None if label == "(every label)" else label
-    rows = interpret.top_losses(table, k, chosen)
+    rows = interpret.top_losses(table, k, chosen, interpret.criterion_of(run.model))
     extra_column = "label_loss" if chosen else "loss"
     captions = [caption(row, f"loss {row[extra_column]:.2f}") for _, row in rows.iterrows()]
     if show_cam:
@@ -182,11 +190,131 @@ def activations(run: Run, table: pd.DataFrame) -> None:
     )
 
 
+def _slow_method_cost(run: Run, method: str, files: list) -> bool:
+    """For Score-CAM: say what it costs (a forward pass per channel of the CAM layer, timed on this
+    machine) and run it only on a click."""
+    loaded = state.model(run.path)
+    channels = getattr(loaded.explainer.layer, "num_features", None) or getattr(
+        loaded.explainer.layer, "out_channels", 0
+    )
+    started = time.perf_counter()
+    loaded.predictor.predict_one(files[0].getvalue(), files[0].name)
+    per_pass = time.perf_counter() - started
+    seconds = channels * per_pass / len(loaded.predictor.fits)  # Score-CAM runs on the primary fit only
+    st.warning(
+        f"{method} runs one forward pass per channel of the explained layer ({channels:,} here) for each "
+        f"label: about {seconds / 60:.0f} min per label and poster on this machine (the other methods: one "
+        "pass back).",
+        icon=":material/hourglass:",
+    )
+    return st.button(f"Run {method}", icon=":material/play_arrow:", key="explore_run_slow")
+
+
+def _like_this(space, run: Run) -> None:
+    """Posters like a chosen or uploaded one: nearest by cosine on the same embeddings (near-duplicates
+    show up first, marked)."""
+    from posterlab.evaluation.embedding import embed
+
+    frame = space.frame
+    left, right = st.columns([2, 1])
+    titles = dict(zip(frame.index, frame["title"].astype(str), strict=True))
+    chosen = left.selectbox(
+        "Posters like this one",
+        list(titles),
+        format_func=titles.get,
+        index=None,
+        key="explore_map_like",
+        placeholder="pick a poster of the map…",
+    )
+    upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
+    if upload is not None:
+        try:
+            query = embed(space.backbone, space.fit, upload.getvalue(), upload.name)
+        except PosterlabError as error:
+            show_error(error)
+            return
+        found, caption = space.neighbours(query, k=COLUMNS * 2), upload.name
+    elif chosen is not None:
+        found, caption = (
+            space.neighbours(space.vectors[chosen], k=COLUMNS * 2, exclude=chosen),
+            titles[chosen],
+        )
+    else:
+        return
+    st.caption(f"Nearest to {caption} by cosine similarity of their embeddings; ≈ marks a near-duplicate.")
+    captions = [f"{'≈ ' if r.duplicate else ''}{r.similarity:.2f} · {r.title}" for r in found.itertuples()]
+    st.image(found["image"].tolist(), caption=captions, width=130)
+
+
+def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
+    """Every poster of the sidebar's dataset placed by its embedding (this run's backbone and fit),
+    coloured by a label, the truth, the run's prediction, right or wrong, or its loss."""
+    from posterlab.evaluation.embedding import colour_columns
+
+    path = state.dataset_path()
+    backbone, fit = run.config.train.backbone, run.model["preprocess"]["fit"]
+    c1, c2 = st.columns([3, 1])
+    method = c2.radio(
+        "Projection",
+        ["pca", "tsne"],
+        horizontal=True,
+        key="explore_map_method",
+        format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
+        help="PCA: instant, the main directions in which posters differ. t-SNE: tighter "
+        "clusters, about 20-40 s for 7,000 posters the first time (then cached).",
+    )
+    try:
+        with st.spinner(
+            f"Placing the posters of {state.display_name(path)} (embeddings computed once, then cached)…"
+        ):
+            space = state.poster_space(path, backbone, fit)
+            xy = state.projection(path, backbone, fit, method)
+    except PosterlabError as error:
+        show_error(error, path)
+        return
+    points = colour_columns(space, table, labels).assign(x=xy[:, 0], y=xy[:, 1])
+    options = [f"label: {label}" for label in labels] + [
+        c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
+    ]
+    colour = c1.selectbox("Colour by", options, key="explore_map_colour")
+    event = st.altair_chart(map_chart(points, colour, labels), on_select="rerun", key="explore_map_chart")
+    st.caption(
+        f"{len(points):,} posters of `{state.display_name(path)}` · {backbone} embeddings ({fit}) · "
+        "predictions and losses for the posters this run scored (its validation and test splits). "
+        "Drag a box to see those posters."
+    )
+    picked = _picked(event, points)
+    if picked is not None and len(picked):
+        st.markdown(f"**{len(picked)} posters picked**" + (" (the first 24)" if len(picked) > 24 else ""))
+        shown = picked.head(24)
+        st.image(shown["image"].tolist(), caption=shown["title"].astype(str).tolist(), width=110)
+    _like_this(space, run)
+
+
+def _picked(event, points: pd.DataFrame) -> pd.DataFrame | None:
+    """The posters inside the box dragged on the map (None when nothing is selected)."""
+    box = (getattr(event, "selection", None) or {}).get("picked") or {}
+    if not box or "x" not in box or "y" not in box:
+        return None
+    (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+    inside = points["x"].between(x0, x1) & points["y"].between(y0, y1)
+    return points[inside]
+
+
 def uploads(run: Run, method: str) -> None:
     """Your own posters: scores against thresholds, and Grad-CAM for the predicted labels."""
     files = st.file_uploader("Posters", type=UPLOAD_TYPES, accept_multiple_files=True, key="explore_upload")
     if not files:
         st.caption("Upload one or more posters to score them with this run and see where it looked.")
+        return
+    method = st.selectbox(
+        "Method for your posters",
+        CAM_METHODS,
+        index=CAM_METHODS.index(method),
+        key="explore_upload_method",
+        persist_state="session",
+    )
+    if method in SLOW_CAM_METHODS and not _slow_method_cost(run, method, files):
         return
     predictor = state.model(run.path).predictor
     thresholds = (
@@ -228,7 +356,13 @@ with top_left:
 split = top_middle.radio(
     "Posters", ["test", "val", "all"], horizontal=True, key="explore_split", persist_state="session"
 )
-method = top_right.selectbox("Grad-CAM method", list(METHODS), key="explore_method", persist_state="session")
+method = top_right.selectbox(
+    "Grad-CAM method",
+    FAST_METHODS,
+    key="explore_method",
+    persist_state="session",
+    help="Score-CAM (a forward pass per channel: minutes a poster here) is offered for your own posters only.",
+)
 try:
     table = interpret.load_predictions(run, None if split == "all" else split)
     state.model(run.path)  # fail early, in one line, if the weights cannot be loaded
@@ -250,12 +384,12 @@ st.caption(
     + f" · labels: {', '.join(labels)}"
 )
 
-tab_gallery, tab_losses, tab_ranked, tab_maps, tab_uploads = st.tabs(
-    ["Predictions vs truth", "Top losses", "Top by label", "Activation maps", "Your posters"],
+tab_gallery, tab_losses, tab_ranked, tab_map, tab_maps, tab_uploads = st.tabs(
+    ["Predictions vs truth", "Top losses", "Top by label", "Map", "Activation maps", "Your posters"],
     key="explore_tab",
     on_change="rerun",  # only the open tab runs: Grad-CAM is computed for what is on screen
 )
-if table.empty and not tab_uploads.open:
+if table.empty and not (tab_uploads.open or tab_map.open):
     st.info("This run stored no predictions for these posters.")
 elif tab_gallery.open:
     with tab_gallery:
@@ -266,6 +400,9 @@ elif tab_losses.open:
 elif tab_ranked.open:
     with tab_ranked:
         ranked(run, table, labels, method)
+elif tab_map.open:
+    with tab_map:
+        embedding_map(run, table, labels)
 elif tab_maps.open:
     with tab_maps:
         activations(run, table)

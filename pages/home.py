@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import streamlit as st
-import torch
 
 from posterlab.data.labels import genre_counts
 from posterlab.evaluation.metrics import headline
@@ -37,7 +36,7 @@ with dataset_box.container(border=True):
         elif frame["label"].notna().any():
             counts = frame["label"].value_counts()
             st.caption("Labels: " + ", ".join(f"{g} ({n})" for g, n in counts.items()))
-        st.caption(f"`{dataset.name}` · {dataset.kind.replace('_', ' ')}")
+        st.caption(f"`{state.display_name(path)}` · {dataset.kind.replace('_', ' ')}")
     else:
         st.info("No dataset: pick one in the sidebar.")
 
@@ -63,16 +62,6 @@ with runs_box.container(border=True):
     else:
         st.caption(f"None yet in `{state.checkpoints()}`: start one on Train.")
 
-with device_box.container(border=True):
-    st.markdown("##### :material/memory: Device")
-    if torch.cuda.is_available():
-        st.metric("GPU", torch.cuda.get_device_name(0))
-        st.caption(f"CUDA {torch.version.cuda} · mixed precision and channels-last when training")
-    else:
-        st.metric("CPU", f"{os.cpu_count()} cores")
-        st.caption("No CUDA GPU visible: probe runs (frozen backbone, cached embeddings) train in seconds.")
-    st.caption(f"torch {torch.__version__}")
-
 st.subheader("Where to go")
 left, right = st.columns(2)
 with left:
@@ -87,3 +76,15 @@ with right:
     st.caption("Predictions vs truth, top losses, top posters per label with Grad-CAM, your own posters.")
     st.page_link("pages/demo.py", label="Demo", icon=":material/rocket_launch:")
     st.caption("The Gradio demo, as it runs standalone or on Hugging Face Spaces.")
+
+with device_box.container(border=True):  # last: importing torch takes seconds, the rest is drawn first
+    import torch
+
+    st.markdown("##### :material/memory: Device")
+    if torch.cuda.is_available():
+        st.metric("GPU", torch.cuda.get_device_name(0))
+        st.caption(f"CUDA {torch.version.cuda} · mixed precision and channels-last when training")
+    else:
+        st.metric("CPU", f"{os.cpu_count()} cores")
+        st.caption("No CUDA GPU visible: probe runs (frozen backbone, cached embeddings) train in seconds.")
+    st.caption(f"torch {torch.__version__}")

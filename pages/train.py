@@ -55,7 +55,9 @@ LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05)
 LR_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 FLASH_KEY = "train_flash"
-POLL_SECONDS = 1.5
+STARTED_KEY = "train_started"  # runs started in this session
+START_KEY = "train_start_requested"
+POLL_SECONDS = 2.0
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session"}
 
@@ -67,7 +69,20 @@ def start(folder: Path, config: RunConfig, processes: int) -> None:
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
     else:
-        st.session_state["train_name"] = ""  # a name is used once: the next run gets its own folder
+        # a name is used once: the next run gets a fresh, empty name field (clearing this one's state
+        # would fight the widget's remembered value)
+        st.session_state[STARTED_KEY] = st.session_state.get(STARTED_KEY, 0) + 1
+
+
+def request_start() -> None:
+    """Start button's callback: note the request; the form's own run starts it (``new_run_form``)."""
+    st.session_state[START_KEY] = True
+
+
+def name_key() -> str:
+    """The run-name field's key: a new (empty) field after each start."""
+    started = st.session_state.get(STARTED_KEY, 0)
+    return "train_name" if not started else f"train_name_{started}"
 
 
 def resume(folder: Path, run_dir: Path, processes: int) -> None:
@@ -84,16 +99,23 @@ def monitor_key(history: list[dict]) -> str | None:
     return next((f"val_{k}" for k in ("map", "balanced_accuracy", "accuracy") if f"val_{k}" in keys), None)
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _history_figures(name: str, history: list[dict], loss: str) -> tuple:
+    """The two figures of a history, built once per new epoch: the live view redraws every couple of
+    seconds, and building plotly figures holds the interpreter lock the training thread needs."""
+    epochs = len(history)
+    chosen = monitor_key(history)
+    metric = integer_epochs(figures.curves({name: history}, chosen), epochs) if chosen else None
+    return integer_epochs(figures.loss_curves(history, loss), epochs), metric
+
+
 def history_charts(name: str, history: list[dict], key: str, loss: str = "") -> None:
     """Loss (the run's own criterion, on both splits) and validation-metric curves of one run."""
     left, right = st.columns(2)
-    epochs = len(history)
-    left.plotly_chart(integer_epochs(figures.loss_curves(history, loss), epochs), key=f"{key}_loss")
-    chosen = monitor_key(history)
-    if chosen:
-        right.plotly_chart(
-            integer_epochs(figures.curves({name: history}, chosen), epochs), key=f"{key}_metric"
-        )
+    loss_figure, metric_figure = _history_figures(name, history, loss)
+    left.plotly_chart(loss_figure, key=f"{key}_loss")
+    if metric_figure is not None:
+        right.plotly_chart(metric_figure, key=f"{key}_metric")
 
 
 def _loss_name(run_dir: str | None) -> str:
@@ -486,21 +508,24 @@ def new_run_form(folder: Path) -> None:
     processes = gpu_processes()
     name = st.text_input(
         "Run name (optional)",
-        key="train_name",
+        key=name_key(),
         placeholder="empty: <time>-<backbone>-<mode>",
         help=f"The run's folder under {folder}",
-        **REMEMBER,
     ).strip()
     config = build_config(path, labels, data, train, name)
     st.button(
         "Start training",
         type="primary",
         icon=":material/play_arrow:",
-        on_click=start,
-        args=(folder, config, processes),
+        on_click=request_start,
         disabled=config is None,
         key="train_start",
     )
+    # started here, not in the callback: the config is this run's, with every value the user just typed
+    # (a callback's arguments are those of the previous run, which may not have seen the last edit)
+    if st.session_state.pop(START_KEY, False) and config is not None:
+        start(folder, config, processes)
+        st.rerun()  # the page again, with the run training and a fresh name field
     flash = st.session_state.pop(FLASH_KEY, None)
     if flash:
         st.error(flash, icon=":material/block:")

@@ -27,16 +27,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
 
 from posterlab import settings
 from posterlab.config import RunConfig, from_dict
 from posterlab.errors import RunError, one_line
 from posterlab.models.weights import check_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 STATUSES = ("running", "completed", "stopped", "failed")
 HEARTBEAT_STALE_S = 300
@@ -82,6 +83,8 @@ def read_json(path: Path) -> Any:
 def save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
+    from safetensors.torch import save_file
+
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
@@ -92,6 +95,8 @@ def save_tensors(
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file; anything else (a pickle above all) is refused with a one-line error."""
+    from safetensors.torch import load_file
+
     check_safetensors(path)
     try:
         return load_file(str(path))
@@ -166,6 +171,8 @@ class RunFolder:
     def save_weights(self, state: dict[str, torch.Tensor], dtype: str = "float32") -> None:
         if not self.writes:
             return
+        import torch
+
         cast = torch.float16 if dtype == "float16" else torch.float32
         tensors = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in state.items()}
         save_tensors(self.path / "model.safetensors", tensors, metadata={"format": "pt", "dtype": dtype})

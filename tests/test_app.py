@@ -132,6 +132,18 @@ def image_captions(at: AppTest) -> list[str]:
     return [image.caption for element in at.get("image") for image in element.proto.imgs]
 
 
+def picker(at: AppTest, key: str):
+    """A run picker (``workbench.widgets.run_picker``): its key ends with a digest of the runs' states."""
+    pickers = [s for s in at.selectbox if s.key.startswith(f"{key}_")]
+    assert len(pickers) == 1, [s.key for s in at.selectbox]
+    return pickers[0]
+
+
+def run_pick(at: AppTest, newest: str) -> str:
+    """The value of the Train page's run picker, keyed by the newest run's name (and the runs' states)."""
+    return picker(at, f"train_run_pick_{newest}").value
+
+
 def table_with(at: AppTest, *columns: str) -> pd.DataFrame:
     """The first dataframe shown that has ``columns`` (AppTest does not expose a dataframe's key)."""
     for frame in at.dataframe:
@@ -256,7 +268,7 @@ def test_train_in_the_background_then_compare(app, checkpoints) -> None:
     assert json.loads((checkpoints / "apptest-run" / "status.json").read_text())["status"] == "completed"
     assert json.loads((checkpoints / "apptest-run" / "metrics.json").read_text())["monitor"] == "macro_f1"
     # the run list below the form reads it back from disk
-    assert app.selectbox(key="train_run_pick_apptest-run").value == "apptest-run"
+    assert run_pick(app, "apptest-run") == "apptest-run"
 
     page(app, "compare")
     table = table_with(app, "run", "status")
@@ -288,7 +300,7 @@ def test_second_start_refused_stop_and_responsiveness(app, checkpoints) -> None:
     assert trainers().active() is not None
     assert app.button(key="train_stop")
 
-    app.text_input(key="train_name").input("apptest-second").run()
+    app.text_input(key="train_name_1").input("apptest-second").run()  # a fresh field after a start
     app.button(key="train_start").click().run()
     assert any("a run is already training (apptest-long)" in e for e in texts(app.error)), texts(app.error)
     assert not (checkpoints / "apptest-second").exists()
@@ -359,14 +371,14 @@ def test_failed_run_shows_its_error_also_after_a_restart(app, checkpoints) -> No
     cached.clear()
     fresh = AppTest.from_file(str(APP), default_timeout=180).run()
     page(fresh, "train")
-    assert fresh.selectbox(key="train_run_pick_apptest-fails").value == "apptest-fails"
+    assert run_pick(fresh, "apptest-fails") == "apptest-fails"
     assert any(message in e for e in texts(fresh.error)), texts(fresh.error)
 
 
 def test_explore_a_run(app) -> None:
     """Gallery filters, top losses with Grad-CAM, activation maps, top fresh posters with Grad-CAM, uploads."""
     page(app, "explore")
-    app.selectbox(key="explore_run").set_value("genres-small").run()
+    picker(app, "explore_run").set_value("genres-small").run()
     assert_clean(app)
     gallery = len(app.get("image"))
     assert gallery > 0
@@ -387,8 +399,19 @@ def test_explore_a_run(app) -> None:
     assert_clean(app)
     assert app.get("plotly_chart")
 
+    open_tab(app, "explore_tab", "Map")  # every sample poster placed by its embedding, coloured by a label
+    assert_clean(app)
+    assert app.get("vega_lite_chart")
+    assert app.selectbox(key="explore_map_colour").value.startswith("label: ")
+    app.selectbox(key="explore_map_colour").set_value("outcome").run()
+    assert_clean(app)
+    like = app.selectbox(key="explore_map_like")
+    like.set_value(like.options[0] if isinstance(like.options[0], int) else 0).run()
+    assert_clean(app)
+    assert any(c.startswith("Nearest to ") for c in texts(app.caption)), texts(app.caption)
+
     # fresh / rotten: the posters surest to be fresh, each with its Grad-CAM
-    app.selectbox(key="explore_run").set_value("fresh-rotten").run()
+    picker(app, "explore_run").set_value("fresh-rotten").run()
     open_tab(app, "explore_tab", "Top by label")
     app.selectbox(key="explore_rank_label").set_value("fresh")
     app.slider(key="explore_rank_k").set_value(3).run()

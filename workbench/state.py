@@ -14,6 +14,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
@@ -24,8 +25,10 @@ from posterlab.config import DataConfig, RunConfig, from_dict, to_dict
 from posterlab.data.prepare import Prepared, prepare_data
 from posterlab.data.sources import PosterDataset, load_dataset
 from posterlab.errors import BusyError, DataError
-from posterlab.serving import Loaded, ModelCache, run_key
 from posterlab.training.manager import TrainingManager
+
+if TYPE_CHECKING:
+    from posterlab.serving import Loaded, ModelCache
 
 DATASET_KEY = "posterlab_dataset"  # the dataset path the sidebar resolved (a sample name, folder, CSV, zip)
 CHECKPOINTS_KEY = "posterlab_checkpoints"  # the checkpoints folder the sidebar resolved
@@ -146,15 +149,18 @@ def prepared(config: DataConfig) -> Prepared:
     return _prepared(json.dumps(to_dict(config), sort_keys=True), _stamp(config.path))
 
 
+def is_upload(path: str) -> bool:
+    """Whether ``path`` is a dataset uploaded through the sidebar (kept under the cache)."""
+    return bool(path) and Path(path).parent.parent == settings.cache_dir() / "uploads"
+
+
 def display_name(path: str) -> str:
     """What a user calls a dataset: an upload by the name of the file they uploaded (not its cache path),
     the embedded samples by what they are, anything else by its path."""
     if path in settings.SAMPLES:
         return {"sample": "embedded sample (genres)", "sample-rt": "embedded sample (fresh / rotten)"}[path]
-    uploads = settings.cache_dir() / "uploads"
-    candidate = Path(path)
-    if candidate.parent.parent == uploads:
-        return candidate.name  # uploads/<content hash>/<the uploaded file's name>
+    if is_upload(path):
+        return Path(path).name  # uploads/<content hash>/<the uploaded file's name>
     return path
 
 
@@ -187,6 +193,8 @@ def save_upload(name: str, data: bytes) -> Path:
 @st.cache_resource(show_spinner=False)
 def models() -> ModelCache:
     """The process's loaded runs (the core's cache: a run is loaded once, reloaded when retrained)."""
+    from posterlab.serving import ModelCache
+
     return ModelCache(capacity=4)
 
 
@@ -206,6 +214,8 @@ def overlay(
     run_dir: str | Path, image: str, label: str, method: str = "gradcam"
 ) -> tuple[Image.Image, float]:
     """Grad-CAM overlay of ``label`` on a poster file, and the label's probability (cached)."""
+    from posterlab.serving import run_key
+
     return _overlay(run_key(run_dir), image, label, method)
 
 
@@ -231,6 +241,8 @@ def explain_upload(run_dir: str | Path, data: bytes, name: str, method: str = "g
     """Scores and Grad-CAM overlays (predicted labels, else the top one) for an uploaded poster.
 
     Raises ``ImageError`` with a one-line reason for a file that is not a usable image."""
+    from posterlab.serving import run_key
+
     return _explain_upload(run_key(run_dir), data, name, method)
 
 
@@ -243,6 +255,30 @@ def activations(run_dir: str | Path, image: str | bytes, level: int) -> tuple[st
     name, maps, mean = activation_maps(predictor, image, level)
     crop = predictor.prepare(image)[0]
     return name, maps, blend(crop, mean)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _poster_space(path: str, stamp: str, backbone: str, fit: str):
+    """``poster_space``, cached per dataset (and its modification stamp), backbone and fit."""
+    from posterlab.config import DataConfig
+    from posterlab.evaluation.embedding import poster_space
+
+    return poster_space(DataConfig(path=path), backbone, fit)
+
+
+def poster_space(path: str, backbone: str, fit: str):
+    """The dataset's posters and their embeddings from ``backbone`` (the map's data; cached)."""
+    return _poster_space(path, _stamp(path), backbone, fit)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _projection(path: str, stamp: str, backbone: str, fit: str, method: str) -> np.ndarray:
+    return _poster_space(path, stamp, backbone, fit).project(method)
+
+
+def projection(path: str, backbone: str, fit: str, method: str) -> np.ndarray:
+    """2-D coordinates of the map (PCA, or t-SNE on demand), cached: reopening the map is instant."""
+    return _projection(path, _stamp(path), backbone, fit, method)
 
 
 @st.cache_resource(show_spinner=False)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -33,9 +35,14 @@ STATUS_ICONS = {
 }
 
 
-def show_error(error: BaseException) -> None:
-    """An error as one ``st.error`` line."""
-    st.error(one_line(error), icon=":material/error:")
+def show_error(error: BaseException, path: str = "") -> None:
+    """An error as one ``st.error`` line (an uploaded dataset named by its file's name, not its cache path)."""
+    from workbench.state import display_name, is_upload
+
+    text = one_line(error)
+    if path and is_upload(path):
+        text = text.replace(path, display_name(path)).replace(str(Path(path).parent), display_name(path))
+    st.error(text, icon=":material/error:")
 
 
 def require_dataset() -> tuple[str, PosterDataset]:
@@ -307,6 +314,8 @@ def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = Non
     if not runs:
         return None
     by_name = {run.name: run for run in runs}
+    # the choice is keyed by every run's state too: a label that says "running" is redrawn once it ended
+    key = f"{key}_{zlib.crc32(repr([(run.name, run.state) for run in runs]).encode()):08x}"
     forget_invalid(key, list(by_name))
     name = st.selectbox(
         label,
@@ -321,6 +330,8 @@ def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = Non
 
 STAGES = {
     "starting": "starting",
+    "reading": "reading the posters and their labels",
+    "building": "building the model",
     "downloading": "downloading posters",
     "scanning": "opening posters",
     "extracting": "computing",
@@ -338,12 +349,13 @@ def progress(snapshot: Snapshot) -> tuple[float, str]:
     epochs = snapshot.epochs or 0
     finished = len(snapshot.history)
     if not snapshot.running:
-        fraction = min(1.0, finished / epochs) if epochs else 1.0
-        text = (
-            f"{snapshot.status} after epoch {finished}/{epochs}"
-            if epochs and snapshot.status != "completed"
-            else snapshot.status
-        )
+        completed = snapshot.status == "completed"
+        fraction = 1.0 if completed or not epochs else min(1.0, finished / epochs)
+        text = f"{snapshot.status} after epoch {finished}/{epochs}" if epochs else snapshot.status
+        if completed and finished >= epochs:
+            text = "completed"
+        elif completed:
+            text += " (early stop: no better validation score for a while)"
         if snapshot.reason and snapshot.status == "stopped":
             text += f" ({snapshot.reason})"
         return fraction, f"{text} · took {elapsed(snapshot.elapsed)}"
@@ -364,6 +376,8 @@ def progress(snapshot: Snapshot) -> tuple[float, str]:
             text += f" {snapshot.done:,}/{snapshot.total:,}" + (
                 f" · {snapshot.detail}" if snapshot.detail else ""
             )
+        elif snapshot.detail and snapshot.stage == "building":
+            text += f" ({snapshot.detail})"
     text = f"{text} · {elapsed(snapshot.elapsed)}"
     if snapshot.stop_requested:
         text += " · stopping at the next batch…"
@@ -391,7 +405,7 @@ def elapsed(seconds: float) -> str:
 
 def training_sidebar(active: bool) -> None:
     """The sidebar's training indicator; polls the manager while a run trains, on every page."""
-    st.fragment(_training_sidebar, run_every=2.0 if active else None)(active)
+    st.fragment(_training_sidebar, run_every=3.0 if active else None)(active)
 
 
 def _training_sidebar(was_active: bool) -> None:
@@ -408,3 +422,37 @@ def _training_sidebar(was_active: bool) -> None:
     st.markdown(f"**Training** `{snapshot.name}`")
     st.progress(fraction, text=text)
     st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
+
+
+def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
+    """The map as a Vega-Lite scatter: colour by the chosen column, the poster and title on hover, a
+    box selects posters (``explore`` page, ``benchmarks/map.py``)."""
+    import altair as alt
+
+    from posterlab.evaluation.figures import label_colours
+
+    # only what is drawn goes to the browser; "label: Drama" as a field would read as a field and a type
+    shown = ["x", "y", "thumbnail", "title", "truth"] + [c for c in ("predicted", "outcome") if c in points]
+    points = points[shown].assign(colour=points[colour])
+    if colour == "loss":
+        encoding = alt.Color("colour:Q", scale=alt.Scale(scheme="orangered"), title="loss")
+    elif colour.startswith("label: "):
+        tint = label_colours(labels).get(colour[7:], "#1f77b4")
+        encoding = alt.Color(
+            "colour:N", scale=alt.Scale(domain=["yes", "no"], range=[tint, "#d9d9d9"]), title=colour
+        )
+    else:
+        encoding = alt.Color("colour:N", title=colour)
+    picked = alt.selection_interval(name="picked", encodings=["x", "y"])
+    tooltip = [
+        alt.Tooltip("thumbnail:N", title="image"),
+        alt.Tooltip("title:N", title="title"),
+        alt.Tooltip("truth:N", title="labels"),
+    ] + [alt.Tooltip(f"{c}:N", title=c) for c in ("predicted", "outcome") if c in points]
+    return (
+        alt.Chart(points)
+        .mark_circle(size=40, opacity=0.75)
+        .encode(x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=encoding, tooltip=tooltip)
+        .add_params(picked)
+        .properties(height=560)
+    )

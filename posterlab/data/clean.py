@@ -3,6 +3,7 @@ and near-identical posters under different ids are reported and dropped (they wo
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sqlite3
@@ -22,9 +23,9 @@ from posterlab.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-_SCAN_VERSION = 2  # 2: perceptual hashes of JPEGs from a draft (1/2 to 1/8 scale) decode
+_SCAN_VERSION = 3  # 2: perceptual hashes of JPEGs from a draft (1/2 to 1/8 scale) decode; 3: thumbnails
 SCAN_DRAFT = 64  # px a side: enough for the 32x32 perceptual hash, and the whole file is still read
-
+THUMBNAIL = (40, 60)  # the embedding map's hover images: a JPEG of about 1 KB each
 
 
 class ScanCache:
@@ -41,6 +42,7 @@ class ScanCache:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, digest TEXT)"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS thumbnails (digest TEXT PRIMARY KEY, jpeg BLOB)")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -72,7 +74,9 @@ class ScanCache:
             for start in range(0, len(unique), 900):
                 chunk = unique[start : start + 900]
                 marks = ",".join("?" * len(chunk))
-                for row in db.execute(f"SELECT path, size, mtime, digest FROM files WHERE path IN ({marks})", chunk):
+                for row in db.execute(
+                    f"SELECT path, size, mtime, digest FROM files WHERE path IN ({marks})", chunk
+                ):
                     known[row[0]] = row[1:]
         out, fresh = {}, []
         for path in unique:
@@ -94,11 +98,28 @@ class ScanCache:
         return [out[path] for path in paths]
 
     def put(self, rows: list[tuple]) -> None:
+        """Scan results ``(digest, ok, reason, notes, width, height, phash, thumbnail)``."""
         with self._lock, self._connect() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO scan VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r[0], _SCAN_VERSION, *r[1:]) for r in rows],
+                [(r[0], _SCAN_VERSION, *r[1:7]) for r in rows],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO thumbnails VALUES (?, ?)", [(r[0], r[7]) for r in rows if r[7]]
+            )
+
+    def thumbnails(self, digests: list[str]) -> dict[str, bytes]:
+        """The small JPEG each scanned poster left behind (digest → bytes)."""
+        out: dict[str, bytes] = {}
+        wanted = sorted(set(digests))
+        with self._connect() as db:
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    db.execute(f"SELECT digest, jpeg FROM thumbnails WHERE digest IN ({marks})", chunk)
+                )
+        return out
 
 
 def _scan_one(path: str, digest: str) -> tuple:
@@ -108,9 +129,14 @@ def _scan_one(path: str, digest: str) -> tuple:
     try:
         loaded = load_image(path, draft=SCAN_DRAFT)
     except ImageError as error:
-        return (digest, 0, error.reason, "", 0, 0, "")
+        return (digest, 0, error.reason, "", 0, 0, "", b"")
     width, height = loaded.size
-    return (digest, 1, "", "; ".join(loaded.notes), width, height, str(imagehash.phash(loaded.image)))
+    thumbnail = loaded.image.copy()
+    thumbnail.thumbnail(THUMBNAIL)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="JPEG", quality=60)
+    phash = str(imagehash.phash(loaded.image))
+    return (digest, 1, "", "; ".join(loaded.notes), width, height, phash, buffer.getvalue())
 
 
 def scan_images(
@@ -131,15 +157,17 @@ def scan_images(
     if todo:
         with ThreadPoolExecutor(max_workers=4) as pool:
             jobs = [(path, "" if key.startswith("path:") else key) for key, path in todo.items()]
-            for done, ((key, _), row) in enumerate(zip(todo.items(), pool.map(_scan_one_safe, jobs)), start=1):
+            for done, ((key, _), row) in enumerate(
+                zip(todo.items(), pool.map(_scan_one_safe, jobs), strict=True), start=1
+            ):
                 fresh[key] = row
                 if progress:
                     progress(done, len(todo))
         cache.put([row for row in fresh.values() if row[0]])
     records = []
     for path, digest in zip(paths, digests, strict=True):
-        row = fresh.get(digest or f"path:{path}") or (digest, *known[digest])
-        records.append((path, *row))
+        row = fresh.get(digest or f"path:{path}")
+        records.append((path, *(row[:7] if row else (digest, *known[digest]))))
     columns = ["image", "digest", "ok", "reason", "notes", "width", "height", "phash"]
     frame = pd.DataFrame(records, columns=columns)
     frame["ok"] = frame["ok"].astype(bool)
@@ -151,7 +179,7 @@ def _scan_one_safe(job: tuple[str, str]) -> tuple:
     try:
         return _scan_one(path, digest)
     except OSError as error:
-        return (digest, 0, f"cannot read file ({error.strerror or error})", "", 0, 0, "")
+        return (digest, 0, f"cannot read file ({error.strerror or error})", "", 0, 0, "", b"")
 
 
 @dataclass

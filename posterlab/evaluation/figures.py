@@ -14,6 +14,14 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "template": "plotly_white"}
+PALETTE = px.colors.qualitative.D3 + px.colors.qualitative.Set2 + px.colors.qualitative.Pastel1
+REFERENCE = {"dash": "dot", "color": "grey"}  # chance, perfect calibration: never a label's colour
+
+
+def label_colours(labels: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """One colour per label, by its place in the run's label list: the same label keeps its colour in
+    every chart (ROC, precision-recall, per-label bars, the embedding map)."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
 
 
 def bar(
@@ -106,24 +114,38 @@ def loss_curves(history: list[dict], loss: str = "") -> go.Figure:
     return figure.update_layout(title=title, xaxis_title="epoch", **_LAYOUT)
 
 
-def roc(points: dict[str, dict], title: str = "ROC") -> go.Figure:
-    figure = go.Figure(
-        [go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance")]
-    )
+def roc(points: dict[str, dict], title: str = "ROC", labels: list[str] | None = None) -> go.Figure:
+    colours = label_colours(labels or list(points))
+    figure = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=REFERENCE, name="chance")])
     for label, p in points.items():
         figure.add_trace(
-            go.Scatter(x=p["fpr"], y=p["tpr"], mode="lines", name=f"{label} (AUC {p['auc']:.2f})")
+            go.Scatter(
+                x=p["fpr"],
+                y=p["tpr"],
+                mode="lines",
+                name=f"{label} (AUC {p['auc']:.2f})",
+                line={"color": colours[label]},
+            )
         )
     return figure.update_layout(
         title=title, xaxis_title="false positive rate", yaxis_title="true positive rate", **_LAYOUT
     )
 
 
-def precision_recall(points: dict[str, dict], title: str = "Precision-recall") -> go.Figure:
+def precision_recall(
+    points: dict[str, dict], title: str = "Precision-recall", labels: list[str] | None = None
+) -> go.Figure:
+    colours = label_colours(labels or list(points))
     figure = go.Figure()
     for label, p in points.items():
         figure.add_trace(
-            go.Scatter(x=p["recall"], y=p["precision"], mode="lines", name=f"{label} (AP {p['ap']:.2f})")
+            go.Scatter(
+                x=p["recall"],
+                y=p["precision"],
+                mode="lines",
+                name=f"{label} (AP {p['ap']:.2f})",
+                line={"color": colours[label]},
+            )
         )
     return figure.update_layout(title=title, xaxis_title="recall", yaxis_title="precision", **_LAYOUT)
 
@@ -132,20 +154,28 @@ def per_label_bars(
     per_label: dict[str, dict], metric: str = "f1", baseline: dict[str, dict] | None = None
 ) -> go.Figure:
     labels = list(per_label)
-    figure = go.Figure([go.Bar(x=labels, y=[per_label[k][metric] for k in labels], name="model")])
+    colours = label_colours(labels)
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=labels,
+                y=[per_label[k][metric] for k in labels],
+                name="model",
+                marker_color=[colours[k] for k in labels],
+            )
+        ]
+    )
     if baseline:
-        figure.add_trace(go.Bar(x=labels, y=[baseline[k][metric] for k in labels], name="baseline"))
+        figure.add_trace(
+            go.Bar(
+                x=labels, y=[baseline[k][metric] for k in labels], name="baseline", marker_color="lightgrey"
+            )
+        )
     return figure.update_layout(title=f"{metric} per label", barmode="group", **_LAYOUT)
 
 
 def reliability_plot(table: pd.DataFrame, title: str = "Reliability") -> go.Figure:
-    figure = go.Figure(
-        [
-            go.Scatter(
-                x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="calibrated"
-            )
-        ]
-    )
+    figure = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=REFERENCE, name="calibrated")])
     figure.add_trace(
         go.Scatter(
             x=table["predicted"],

@@ -20,7 +20,7 @@ from torch import nn
 from posterlab.config import RunConfig
 from posterlab.data.prepare import Prepared
 from posterlab.data.transforms import Preprocess
-from posterlab.events import Control, Message
+from posterlab.events import Control, Message, Progress
 from posterlab.models.stages import boundary_for, make_head, set_trainable, split_backbone
 from posterlab.models.weights import weights_id
 from posterlab.training.distributed import Dist
@@ -140,6 +140,7 @@ def _network(
     from posterlab.models.factory import create_model
 
     tc, labelled = config.train, prepared.labelled
+    control.emit(Progress("building", 0, 0, tc.backbone))
     model = create_model(
         tc.backbone, len(labelled.rule.labels), pretrained=tc.pretrained, head=tc.head, dropout=tc.dropout
     )

@@ -85,7 +85,7 @@ def environment(device: torch.device, dist: Dist, config: RunConfig) -> dict:
         "torch": torch.__version__,
         "timm": importlib.metadata.version("timm"),
         "numpy": np.__version__,
-        "device": torch.cuda.get_device_name(device)
+        "device": f"cuda ({torch.cuda.get_device_name(device)})"
         if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "created": now_iso(),
@@ -512,6 +512,7 @@ def _data_summary(prepared: Prepared, onehot: np.ndarray) -> dict:
 def _prepare(config: RunConfig, folder: RunFolder, control: Control, dist: Dist) -> Prepared:
     """Read, clean, label and split (every process the same; rank 0 writes the split and a summary)."""
     control.emit(Message(f"reading posters from {config.data.path}"))
+    control.emit(Progress("reading", 0, 0, "the posters and their labels"))
     if dist.active:  # each process opens its share of the images first, into the shared scan cache
         from posterlab.data.prepare import warm_scan
 
