@@ -269,7 +269,9 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             expect(page.get_by_text(re.compile(r"^(≈ )?\d\.\d\d · ")).first).to_be_visible(timeout=60_000)
             neighbour = page.get_by_test_id("stImage").locator("img").first  # the posters, not only captions
             expect(neighbour).to_be_visible(timeout=60_000)
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=neighbour.element_handle())
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=neighbour.element_handle()
+            )
             shot(page, "hour-8-explore-map")
 
             # another machine: the workbench reached as 127.0.0.2, the demo through the same host
