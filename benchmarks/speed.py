@@ -24,6 +24,7 @@ cold 10-epoch probe <= 8 s.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -206,8 +207,8 @@ def draft_check(source: Path, work: Path, env: dict, posters: int) -> dict:
     full = images.load_image
     for name, loader in (("draft", full), ("full", lambda source, name=None, draft=None: full(source, name))):
         images.load_image = loader  # the extraction's workers fork after this: they decode the same way
-        for module in ("posterlab.training.features", "posterlab.inference"):
-            sys.modules[module].load_image = loader
+        for module in ("posterlab.training.features", "posterlab.training.loop"):
+            importlib.import_module(module).load_image = loader
         os.environ["POSTERLAB_CACHE_DIR"] = str(work / f"cache-draft-{name}")
         started = time.monotonic()
         run = load_run(train_run(config, work / "runs" / f"draft-{name}"))
