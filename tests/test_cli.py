@@ -39,7 +39,7 @@ def test_train_evaluate_predict(tmp_path, poster_paths, capsys):
             "2",
             "--no-flip-views",
             "--fit",
-            "crop,squash",
+            "crop",
             "--out",
             str(out),
             "-q",

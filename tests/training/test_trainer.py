@@ -225,7 +225,9 @@ def test_several_fits_train_as_views_and_average_at_test_time(runs_root, poster_
     from posterlab.inference import Predictor
 
     config = RunConfig(
-        DataConfig(path="sample", labels=LabelConfig(top_n=3), fit="crop", extra_fits=("pad", "squash")),
+        DataConfig(
+            path="sample", labels=LabelConfig(top_n=3), fit="crop", extra_fits=("pad", "squash"), limit=100
+        ),
         TrainConfig(backbone=LITE0, pretrained=False, mode="probe", epochs=2, flip_views=True),
         name="views",
     )
