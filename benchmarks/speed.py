@@ -8,7 +8,8 @@ On the same posters (default 400 development posters with a top-6 genre):
   cold         `posterlab train --mode probe --epochs 10` with an empty cache
   warm         the same command again: embeddings from the cache, the backbone never built
   before       the same cold and warm commands with posterlab at an earlier git revision (--before REV)
-  startup      `posterlab --help`, `posterlab predict RUN POSTER`, `posterlab evaluate RUN --data ...`
+  startup      `posterlab --help`, `posterlab predict RUN POSTER`, `posterlab evaluate RUN --data ...`,
+               and `posterlab demo RUN` until its page answers
   int8         the cold probe with --int8 (opt-in): extraction speed and test mAP beside fp32
   draft        the same posters enlarged 4x (a large-poster dataset): model inputs and probe test mAP
                with JPEG draft decoding against full decoding
@@ -172,7 +173,33 @@ def startup(run: Path, poster: Path, subset: Path, env: dict) -> dict:
         "evaluate_seconds": timed([*python, "evaluate", str(run), "--data", str(subset), "-q"], env)[
             "seconds"
         ],
+        "demo_ready_seconds": demo_ready(run, env),
     }
+
+
+def demo_ready(run: Path, env: dict, timeout: float = 120) -> float:
+    """Seconds from ``posterlab demo RUN`` to its page answering on loopback."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "posterlab", "demo", str(run), "--port", str(port)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.monotonic() - started < timeout:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit(f"posterlab demo did not answer within {timeout:.0f} s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def draft_check(source: Path, work: Path, env: dict, posters: int) -> dict:
