@@ -173,14 +173,17 @@ def startup(run: Path, poster: Path, subset: Path, env: dict) -> dict:
         "evaluate_seconds": timed([*python, "evaluate", str(run), "--data", str(subset), "-q"], env)[
             "seconds"
         ],
-        "demo_ready_seconds": demo_ready(run, env),
+        **demo_ready(run, poster, env),
     }
 
 
-def demo_ready(run: Path, env: dict, timeout: float = 120) -> float:
-    """Seconds from ``posterlab demo RUN`` to its page answering on loopback."""
+def demo_ready(run: Path, poster: Path, env: dict, timeout: float = 120) -> dict:
+    """Seconds from ``posterlab demo RUN`` to its page answering on loopback, and to its first analysed
+    poster (sent as soon as the page answers: probabilities and Grad-CAM, the model loaded meanwhile)."""
     import socket
     import urllib.request
+
+    from gradio_client import Client, handle_file
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -193,10 +196,15 @@ def demo_ready(run: Path, env: dict, timeout: float = 120) -> float:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
                     if response.status == 200:
-                        return time.monotonic() - started
+                        break
             except OSError:
                 time.sleep(0.1)
-        raise SystemExit(f"posterlab demo did not answer within {timeout:.0f} s")
+        else:
+            raise SystemExit(f"posterlab demo did not answer within {timeout:.0f} s")
+        ready = time.monotonic() - started
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(str(run.resolve()), handle_file(str(poster)), api_name="/analyse")
+        return {"demo_ready_seconds": ready, "demo_first_poster_seconds": time.monotonic() - started}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -337,6 +345,8 @@ def main() -> int:
         "warm probe <= 4 s": after["warm_seconds"] <= 4,
         "cold probe <= 8 s": after["cold_seconds"] <= 8,
     }
+    if "startup" in result:
+        result["goals"]["demo ready <= 8 s"] = result["startup"]["demo_ready_seconds"] <= 8
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(result, indent=2))

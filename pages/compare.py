@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from posterlab.config import EVERY_HEADLINE as HEADLINE
 from posterlab.errors import PosterlabError, one_line
 from posterlab.evaluation import figures, interpret
-from posterlab.evaluation.metrics import EVERY_HEADLINE as HEADLINE
 from posterlab.runs import Run, delete_run, list_runs, runs_table
 from workbench import state, through_app
 from workbench.widgets import forget_invalid, integer_epochs, when

@@ -26,6 +26,7 @@ from pathlib import Path
 from posterlab.config import (
     CAM_METHODS,
     EVAL_SPLITS,
+    EVERY_HEADLINE,
     AugmentConfig,
     RunConfig,
     from_dict,
@@ -342,8 +343,6 @@ class _Bars:
             self._progress(event)
         elif isinstance(event, EpochEnd):
             self.close()
-            from posterlab.evaluation.metrics import EVERY_HEADLINE
-
             shown = " ".join(f"{k} {v:.3f}" for k, v in event.metrics.items() if k in EVERY_HEADLINE)
             mark = " *" if event.best else ""
             print(

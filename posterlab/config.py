@@ -30,6 +30,13 @@ SAVE_DTYPES = ("float32", "float16")
 MULTILABEL_MONITORS = ("map", "micro_f1", "macro_f1", "roc_auc", "loss")
 SINGLE_LABEL_MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "loss")
 MONITORS = ("auto", *dict.fromkeys(MULTILABEL_MONITORS + SINGLE_LABEL_MONITORS))
+# the figures a run is summed up by (tables, cards, the CLI), per task, most telling first
+HEADLINE = {
+    "multilabel": ("map", "micro_f1", "macro_f1"),
+    "multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
+    "binary": ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"),
+}
+EVERY_HEADLINE = tuple(dict.fromkeys(name for names in HEADLINE.values() for name in names))
 
 _THRESHOLD_TARGET = re.compile(
     r"^\s*(?P<column>[A-Za-z_][\w ]*?)\s*(?P<op>>=|<=|>|<)\s*(?P<value>-?\d+(\.\d+)?)\s*$"

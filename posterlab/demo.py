@@ -24,23 +24,21 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
 from posterlab import settings
-from posterlab.config import CAM_METHODS, SLOW_CAM_METHODS
+from posterlab.config import CAM_METHODS, HEADLINE, SLOW_CAM_METHODS
 from posterlab.errors import ImageError, PosterlabError, RunError
-from posterlab.evaluation.interpret import ranked_by_label
-from posterlab.evaluation.metrics import HEADLINE
-from posterlab.explain import to_poster_aspect
-from posterlab.export import example_posters
-from posterlab.inference import Predictor
 from posterlab.models.registry import BACKBONES
 from posterlab.runs import Run, list_runs, load_run
 from posterlab.serving import ModelCache, run_key
+
+if TYPE_CHECKING:  # torch and timm come in with the first model, after the server is up
+    from posterlab.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +132,36 @@ class DemoState:
         self.checkpoints = checkpoints
         self.runs = {str(r.path): r for r in find_runs(run, checkpoints)}
         self.models = ModelCache(MODEL_CACHE)
-        self.examples = example_posters() if examples is None else [Path(p) for p in examples]
+        self.examples = settings.example_posters() if examples is None else [Path(p) for p in examples]
         if gallery is None and (settings.SAMPLES["sample-rt"] / "labels.csv").is_file():
             gallery = settings.SAMPLES["sample-rt"]
         self.gallery = gallery
         self.ranked: dict[tuple[str, int], tuple[str, list, list]] = {}
         self.ranked_lock = threading.Lock()
+        self._warming: threading.Thread | None = None
+        self._warm_lock = threading.Lock()
+
+    def warm(self) -> threading.Thread:
+        """Load the first run's model and Grad-CAM in a background thread, once (later calls return that
+        thread): the page answers at once, and a poster sent before the model is in waits for it."""
+        with self._warm_lock:
+            if self._warming is None:
+                first = next(iter(self.runs.values()))
+                self._warming = threading.Thread(
+                    target=self._load, args=(first.path,), name="posterlab-demo-warm", daemon=True
+                )
+                self._warming.start()
+            return self._warming
+
+    def _load(self, path: Path) -> None:
+        """The model and its Grad-CAM, with an example poster through both: the imports (torch, timm,
+        pytorch-grad-cam) and first passes happen here, not in a visitor's request."""
+        try:
+            explainer = self.models.get(path).explainer
+            if self.examples:
+                explainer.explain(self.examples[0], top_k=1)
+        except PosterlabError as error:  # the visitor who picks it gets the one-line reason
+            log.warning("demo: %s", error)
 
     def current(self) -> list[Run]:
         """The runs to offer now (a demo over a checkpoints folder picks up runs finished since)."""
@@ -321,6 +343,8 @@ def analyse(
     model saw followed by a Grad-CAM overlay per predicted label (the top one when none clears)."""
     if poster is None:  # the input was cleared
         return "", None, None, []
+    from posterlab.explain import to_poster_aspect  # loaded by DemoState.warm by now
+
     chosen = state.lookup(run_path)
     source, name = _poster(poster)
     loaded = state.models.get(chosen.path)
@@ -359,6 +383,8 @@ def explain_labels(
 
 
 def _ranked_side(loaded, table: pd.DataFrame, label: str) -> list[tuple[Image.Image, str]]:
+    from posterlab.evaluation.interpret import ranked_by_label
+
     items = []
     for _, row in ranked_by_label(table, label, k=GALLERY_TOP).iterrows():
         explanation = loaded.explainer.explain(row["image"], labels=[label], name=row["id"])
@@ -424,6 +450,7 @@ def on_model(state: DemoState, run_path: str) -> tuple[str, Any, Any]:
 
 def refresh(state: DemoState, run_path: str | None, rt_path: str | None) -> tuple[Any, Any]:
     """On a page load: the runs finished since, keeping each picker's choice when it is still there."""
+    state.warm()  # a no-op once started (the launchers start it before they serve)
     every, binary = state.choices(), state.choices(binary=True)
     paths = [value for _, value in every]
     binary_paths = [value for _, value in binary]
@@ -534,11 +561,16 @@ def build_demo(
     """The demo app over ``run``, or over every completed run under ``checkpoints``: layout and wiring
     only (the handlers above do the work). ``examples`` are the clickable posters (default: a few from
     the embedded sample); ``gallery`` a folder of labelled posters for the fresh-or-rotten view (default:
-    the embedded fresh/rotten sample). Raises ``RunError`` when there is no run to serve."""
-    state = DemoState(run, checkpoints, examples, gallery)
+    the embedded fresh/rotten sample). Raises ``RunError`` when there is no run to serve.
+
+    No model is loaded here (torch, timm and pytorch-grad-cam take seconds to import): the launchers
+    below start ``DemoState.warm`` before they serve, and a first page load does it otherwise."""
+    return layout(DemoState(run, checkpoints, examples, gallery))
+
+
+def layout(state: DemoState) -> gr.Blocks:
+    """The Blocks app over ``state``: layout and wiring."""
     first = next(iter(state.runs.values()))
-    with contextlib.suppress(PosterlabError):  # the first visitor should not wait for the model to load
-        state.models.get(first.path)
     heavy = {"concurrency_limit": CONCURRENCY, "concurrency_id": "model"}
     with gr.Blocks(title="posterlab demo", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
         gr.Markdown(
@@ -642,12 +674,15 @@ def launch(
     *,
     host: str | None = None,
 ) -> None:
-    """Serve the demo until interrupted (``posterlab demo``)."""
-    demo = build_demo(run, checkpoints)
+    """Serve the demo until interrupted (``posterlab demo``); the model loads while the page is up."""
+    state = DemoState(run, checkpoints)
+    state.warm()  # loads while the page is laid out and served
+    demo = layout(state)
     try:
-        demo.launch(**launch_options(host=host, port=port, share=share))
+        demo.launch(**launch_options(host=host, port=port, share=share), prevent_thread_lock=True)
     except OSError as error:
         raise PosterlabError(f"cannot serve the demo on port {port} ({error}); pass another --port") from None
+    demo.block_thread()
 
 
 def serve_in_background(
@@ -659,7 +694,9 @@ def serve_in_background(
     other machines); ``port`` None lets Gradio pick a free one from 7860 up (or ``GRADIO_SERVER_PORT``).
     The caller keeps the server (the workbench: once per process, through ``st.cache_resource``).
     """
-    demo = build_demo(checkpoints=Path(checkpoints))
+    state = DemoState(checkpoints=Path(checkpoints))
+    state.warm()
+    demo = layout(state)
     try:
         _, url, _ = demo.launch(**launch_options(host=host, port=port), prevent_thread_lock=True, quiet=True)
     except OSError as error:

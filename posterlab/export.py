@@ -54,18 +54,6 @@ RUN_FILES = (
     "data.json",
 )
 GALLERY_PER_CLASS = 12
-# Sample posters that make good examples in the demo and its bundle (all held out from the committed
-# demo runs' training).
-EXAMPLE_IDS = (
-    "tt0087469",  # Indiana Jones and the Temple of Doom
-    "tt0088847",  # The Breakfast Club
-    "tt0178868",  # Ringu
-    "tt0105690",  # Under Siege
-    "tt0160916",  # The Story of Us
-    "tt0416315",  # Wolf Creek
-    "tt0405094",  # The Lives of Others
-    "tt0098678",  # Worth Winning
-)
 TEMPLATES = Path(__file__).resolve().parent / "space_template"
 # the workbench's own dependencies: a Space runs the Gradio demo only
 WORKBENCH_ONLY = ("streamlit", "plotly")
@@ -235,16 +223,10 @@ def _vendor_package(target: Path) -> None:
     )
 
 
-def example_posters() -> list[Path]:
-    """The demo's example posters from the embedded sample (those present: a bundle has its own)."""
-    folder = settings.SAMPLES["sample"] / "images"
-    return [folder / f"{i}.jpg" for i in EXAMPLE_IDS if (folder / f"{i}.jpg").is_file()]
-
-
 def _copy_examples(target: Path) -> None:
     """The demo's example posters, with their titles (``labels.csv``) for the example captions."""
     target.mkdir()
-    posters = example_posters()
+    posters = settings.example_posters()
     for poster in posters:
         shutil.copyfile(poster, target / poster.name)
     table = settings.SAMPLES["sample"] / "labels.csv"

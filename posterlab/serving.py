@@ -14,10 +14,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from posterlab.inference import Predictor
-
 if TYPE_CHECKING:
     from posterlab.explain import Explainer
+    from posterlab.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,18 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+            from posterlab.inference import Predictor  # torch: imported when a model is first needed
+
             loaded = Loaded(Predictor(key[0]))
             self._items[key] = loaded
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
             log.info("loaded %s", key[0])
             return loaded
+
+    def __contains__(self, run_dir: str | Path) -> bool:
+        with self._lock:
+            return run_key(run_dir) in self._items
 
     def clear(self) -> None:
         with self._lock:

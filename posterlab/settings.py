@@ -14,6 +14,24 @@ SAMPLES = {
     "sample": SAMPLE_DIR / "posters",
     "sample-rt": SAMPLE_DIR / "posters_rt",
 }
+# Sample posters that make good examples in the demo and its bundle (all held out from the committed
+# demo runs' training).
+EXAMPLE_IDS = (
+    "tt0087469",  # Indiana Jones and the Temple of Doom
+    "tt0088847",  # The Breakfast Club
+    "tt0178868",  # Ringu
+    "tt0105690",  # Under Siege
+    "tt0160916",  # The Story of Us
+    "tt0416315",  # Wolf Creek
+    "tt0405094",  # The Lives of Others
+    "tt0098678",  # Worth Winning
+)
+
+
+def example_posters() -> list[Path]:
+    """The demo's example posters from the embedded sample (those present: a bundle has its own)."""
+    folder = SAMPLES["sample"] / "images"
+    return [folder / f"{i}.jpg" for i in EXAMPLE_IDS if (folder / f"{i}.jpg").is_file()]
 
 
 def weights_dir() -> Path | None:

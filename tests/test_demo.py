@@ -189,6 +189,18 @@ def test_analyse_is_a_plain_function(state, genre_run):
     assert analyse(state, str(genre_run.resolve()), None) == ("", None, None, [])  # a cleared input
 
 
+def test_warm_loads_the_first_model_once_in_the_background(genre_run, binary_run):
+    from posterlab.demo import DemoState
+
+    state = DemoState(checkpoints=genre_run.parent)
+    first = next(iter(state.runs.values())).path
+    assert first not in state.models  # building the state loads nothing
+    thread = state.warm()
+    assert state.warm() is thread  # once per demo
+    thread.join(timeout=120)
+    assert not thread.is_alive() and first in state.models
+
+
 def test_explain_labels_and_its_errors(state, genre_run):
     from posterlab.demo import explain_labels
     from posterlab.errors import PosterlabError, RunError

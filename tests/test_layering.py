@@ -43,6 +43,13 @@ def test_importing_the_core_loads_no_ui():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_demo_serves_before_torch_is_imported():
+    """``posterlab demo`` lays out and serves the page while the model loads: its module needs no torch."""
+    code = "import sys, posterlab.demo\nprint(sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_timm_create_model_has_one_caller():
     callers = [
         p.relative_to(PACKAGE).as_posix()

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-from posterlab.config import MULTILABEL_MONITORS, SINGLE_LABEL_MONITORS
+from posterlab.config import EVERY_HEADLINE, HEADLINE, MULTILABEL_MONITORS, SINGLE_LABEL_MONITORS
 from posterlab.data.labels import LabelRule
 from posterlab.errors import ConfigError
 
@@ -149,15 +149,6 @@ def evaluate_scores(
         }
     report["n"] = n
     return report
-
-
-# the figures a run is summed up by (tables, cards, the CLI), per task, most telling first
-HEADLINE = {
-    "multilabel": ("map", "micro_f1", "macro_f1"),
-    "multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
-    "binary": ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"),
-}
-EVERY_HEADLINE = tuple(dict.fromkeys(name for names in HEADLINE.values() for name in names))
 
 
 def headline(task: str, metrics: dict) -> dict[str, float]:
