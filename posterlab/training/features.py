@@ -311,10 +311,10 @@ def onnx_runner(
         import onnxruntime as ort
     except ImportError:
         return None
-    if images is not None and images < ONNX_MIN_IMAGES and not int8:
-        if not (identity and _onnx_path(example, identity, int8).is_file()):
-            log.info("%d images: torch is quicker than exporting the frozen part to ONNX first", images)
-            return None
+    few = images is not None and images < ONNX_MIN_IMAGES and not int8
+    if few and not (identity and _onnx_path(example, identity, int8).is_file()):
+        log.info("%d images: torch is quicker than exporting the frozen part to ONNX first", images)
+        return None
     try:
         path = _onnx_file(frozen, example, identity, int8)
         options = ort.SessionOptions()
