@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 3  # 3: JPEGs decoded at their draft scale
 CHUNK = 256  # posters per chunk file: what an interrupted extraction can lose at most
-# Exporting the frozen part to ONNX takes ~4 s for Lite0 on 2 cores, after which ONNX Runtime runs it at
-# ~57 images/s against torch's ~38: the export pays for itself from ~450 images. Fewer images than this,
-# with no export cached yet, run through torch (a first small run, a test); int8 always exports.
-ONNX_MIN_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -245,8 +241,8 @@ class OnnxRunner:
         return torch.cat(outputs)
 
 
-def _onnx_path(example: torch.Tensor, identity: str, int8: bool) -> Path:
-    """Where the export of the frozen part ``identity`` for inputs like ``example`` is cached."""
+def _onnx_file(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool) -> Path:
+    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now."""
     payload = {
         "identity": identity,
         "torch": torch.__version__,
@@ -254,16 +250,12 @@ def _onnx_path(example: torch.Tensor, identity: str, int8: bool) -> Path:
         "int8": int8,
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-    return settings.cache_dir() / "onnx" / f"{key}.onnx"
-
-
-def _onnx_file(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool) -> Path:
-    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now."""
-    path = _onnx_path(example, identity, int8)
+    folder = settings.cache_dir() / "onnx"
+    path = folder / f"{key}.onnx"
     if identity and path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.stem}.{uuid.uuid4().hex[:8]}.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{key}.{uuid.uuid4().hex[:8]}.onnx"
     torchscript_onnx(frozen, example, temporary, output="features")
     if int8:
         _quantize(temporary, example)
@@ -296,24 +288,14 @@ def _quantize(path: Path, example: torch.Tensor) -> None:
 
 
 def onnx_runner(
-    frozen: nn.Module,
-    example: torch.Tensor,
-    identity: str = "",
-    threads: int = 1,
-    int8: bool = False,
-    images: int | None = None,
+    frozen: nn.Module, example: torch.Tensor, identity: str = "", threads: int = 1, int8: bool = False
 ) -> OnnxRunner | None:
     """``frozen`` as ONNX Runtime (CPU) with ``threads`` intra-op threads; None when it cannot be exported
-    or does not match torch on a check batch (then the caller keeps torch), or when ``images`` (how many
-    it would run) are too few to pay for an export not cached yet. An int8 runner is checked for running
-    only: it is meant to differ a little."""
+    or does not match torch on a check batch (then the caller keeps torch). An int8 runner is checked
+    for running only: it is meant to differ a little."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return None
-    few = images is not None and images < ONNX_MIN_IMAGES and not int8
-    if few and not (identity and _onnx_path(example, identity, int8).is_file()):
-        log.info("%d images: torch is quicker than exporting the frozen part to ONNX first", images)
         return None
     try:
         path = _onnx_file(frozen, example, identity, int8)
@@ -468,8 +450,7 @@ def _extract(
         inputs = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(inputs, job.views, strict=True)]
         stacked = torch.cat(inputs)
         if device.type == "cpu" and done == 0:
-            images = len(rows) * len(job.views)
-            runner = onnx_runner(frozen, stacked, job.identity, threads, job.int8, images)
+            runner = onnx_runner(frozen, stacked, job.identity, threads, job.int8)
         if runner is not None:
             output = runner(stacked)
         else:

@@ -49,7 +49,6 @@ def backbone() -> nn.Module:
 
 def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypatch, caplog):
     paths = poster_paths[:10]
-    monkeypatch.setattr(features, "ONNX_MIN_IMAGES", 0)  # export even for these few posters
     with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
         fast = extract(backbone, paths, tmp_path, "onnx")
     assert "(ONNX Runtime)" in caplog.text
@@ -62,22 +61,8 @@ def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypa
     assert not np.allclose(fast["crop"], fast["crop-flip"]), "a flipped view is a different input"
 
 
-def test_few_images_run_through_torch_until_an_export_is_cached(backbone, poster_paths, tmp_path, caplog):
+def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(backbone, poster_paths, tmp_path, caplog):
     paths = poster_paths[:4]
-    example = torch.randn(2, 3, 64, 64)
-    with caplog.at_level(logging.INFO, logger="posterlab.training.features"), torch.inference_mode():
-        assert features.onnx_runner(backbone, example, "small|x|", images=8) is None
-        assert "torch is quicker" in caplog.text
-        assert features.onnx_runner(backbone, example, "small|x|", images=features.ONNX_MIN_IMAGES)
-        assert features.onnx_runner(backbone, example, "small|x|", images=8)  # now cached: used
-    assert extract(backbone, paths, tmp_path, "few", fits=("crop",))["crop"].shape[0] == 4
-
-
-def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(
-    backbone, poster_paths, tmp_path, caplog, monkeypatch
-):
-    paths = poster_paths[:4]
-    monkeypatch.setattr(features, "ONNX_MIN_IMAGES", 0)
     with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
         out = extract(Unexportable(backbone), paths, tmp_path, "fallback", fits=("crop",))
     assert "extracting with torch" in caplog.text and "(torch)" in caplog.text
