@@ -450,7 +450,7 @@ def on_model(state: DemoState, run_path: str) -> tuple[str, Any, Any]:
 
 def refresh(state: DemoState, run_path: str | None, rt_path: str | None) -> tuple[Any, Any]:
     """On a page load: the runs finished since, keeping each picker's choice when it is still there."""
-    state.warm()  # a no-op once started (the launchers start it before they serve)
+    state.warm()  # a no-op once started (the launchers start it as soon as they serve)
     every, binary = state.choices(), state.choices(binary=True)
     paths = [value for _, value in every]
     binary_paths = [value for _, value in binary]
@@ -564,7 +564,7 @@ def build_demo(
     the embedded fresh/rotten sample). Raises ``RunError`` when there is no run to serve.
 
     No model is loaded here (torch, timm and pytorch-grad-cam take seconds to import): the launchers
-    below start ``DemoState.warm`` before they serve, and a first page load does it otherwise."""
+    below start ``DemoState.warm`` once the page is served, and a first page load does it otherwise."""
     return layout(DemoState(run, checkpoints, examples, gallery))
 
 
@@ -676,12 +676,12 @@ def launch(
 ) -> None:
     """Serve the demo until interrupted (``posterlab demo``); the model loads while the page is up."""
     state = DemoState(run, checkpoints)
-    state.warm()  # loads while the page is laid out and served
     demo = layout(state)
     try:
         demo.launch(**launch_options(host=host, port=port, share=share), prevent_thread_lock=True)
     except OSError as error:
         raise PosterlabError(f"cannot serve the demo on port {port} ({error}); pass another --port") from None
+    state.warm()  # after the page is served: loading it meanwhile would slow the start by ~2 s, measured
     demo.block_thread()
 
 
@@ -695,7 +695,6 @@ def serve_in_background(
     The caller keeps the server (the workbench: once per process, through ``st.cache_resource``).
     """
     state = DemoState(checkpoints=Path(checkpoints))
-    state.warm()
     demo = layout(state)
     try:
         _, url, _ = demo.launch(**launch_options(host=host, port=port), prevent_thread_lock=True, quiet=True)
@@ -704,5 +703,6 @@ def serve_in_background(
         raise PosterlabError(
             f"cannot start the demo{where} ({error}); free the port or pick another"
         ) from None
+    state.warm()
     log.info("demo: serving %s at %s", checkpoints, url)
     return demo, int(demo.server_port)

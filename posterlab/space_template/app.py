@@ -11,16 +11,19 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from posterlab.demo import build_demo, launch_options  # noqa: E402
+from posterlab.demo import DemoState, launch_options, layout  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-demo = build_demo(
+state = DemoState(
     run=HERE / "runs" / "$run_name",
     examples=sorted((HERE / "examples").glob("*.jpg")),
     gallery=HERE / "gallery" if (HERE / "gallery" / "labels.csv").exists() else None,
 )
+demo = layout(state)
 
 if __name__ == "__main__":
     port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
-    demo.launch(**launch_options(host="0.0.0.0", port=port))
+    demo.launch(**launch_options(host="0.0.0.0", port=port), prevent_thread_lock=True)
+    state.warm()  # the model loads in the background once the page is served
+    demo.block_thread()
