@@ -11,6 +11,8 @@ Recipes:
                 crop, padded whole poster, squashed whole poster) and flipped: a random view per epoch,
                 the three fits averaged at test time
   probe_views   the probe on the same six views as `best` (three fits, flipped), fits averaged at test time
+  probe_lite2   the probe on frozen tf_efficientnet_lite2 (260 px), crop and flip: an ensemble member
+                (python benchmarks/ensemble.py RUN RUN ... averages finished runs)
   probe_pad_weighted  probe on the whole poster padded to square, class weights, flip views, random search
                 with 5-fold cross-validation
                 (the committed fresh/rotten demo model; use it with --tasks fresh_rotten)
@@ -47,6 +49,13 @@ RECIPES = {  # name → (training, changes to the task's data config)
     "probe_views": (
         TrainConfig(mode="probe", epochs=30, lr=1e-3, patience=6, flip_views=True),
         {"fit": "crop", "extra_fits": ("pad", "squash")},
+    ),
+    # the frozen Lite2 (260 px) probe, crop and its flip: a cheap second member for benchmarks/ensemble.py
+    "probe_lite2": (
+        TrainConfig(
+            backbone="tf_efficientnet_lite2", mode="probe", epochs=30, lr=1e-3, patience=6, flip_views=True
+        ),
+        {"fit": "crop"},
     ),
     # the best recipe on the larger EfficientNet-Lites (240 and 260 px): members of the ensembles below
     "best_lite1": (
