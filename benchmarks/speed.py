@@ -7,9 +7,11 @@ On the same posters (default 400 development posters with a top-6 genre):
                the slower of the two
   cold         `posterlab train --mode probe --epochs 10` with an empty cache
   warm         the same command again: embeddings from the cache, the backbone never built
+  export-cached  the cold command from a cache holding only the backbone's ONNX export: extraction as
+               every run after a backbone's first one sees it (the first also exports, ~4 s for Lite0)
   before       the same cold and warm commands with posterlab at an earlier git revision (--before REV)
   startup      `posterlab --help`, `posterlab predict RUN POSTER`, `posterlab evaluate RUN --data ...`,
-               and `posterlab demo RUN` until its page answers
+               and `posterlab demo RUN` until its page answers and until a poster sent then is answered
   int8         the cold probe with --int8 (opt-in): extraction speed and test mAP beside fp32
   draft        the same posters enlarged 4x (a large-poster dataset): model inputs and probe test mAP
                with JPEG draft decoding against full decoding
@@ -19,7 +21,7 @@ Each end-to-end measurement runs in its own process (wall time, peak RSS of that
 
     python benchmarks/speed.py --data ../shared/datasets/posters --before 9f258dc   # writes benchmarks/results/speed.json
 Goals on this 2-core CPU: extraction >= 120 posters/s and >= 0.8 of the slower bound; warm probe <= 4 s;
-cold 10-epoch probe <= 8 s.
+cold 10-epoch probe <= 8 s; `posterlab demo` ready <= 8 s.
 """
 
 from __future__ import annotations
@@ -154,10 +156,19 @@ def cold_and_warm(
     cold = _train(python, subset, work / "runs" / f"{name}-cold", env, *extra, cwd=cwd)
     warm = _train(python, subset, work / "runs" / f"{name}-warm", env, *extra, cwd=cwd)
     posters = len(pd.read_csv(subset / "labels.csv"))
+    exported = work / f"cache-{name}" / "onnx"
+    again = {}
+    if exported.is_dir():  # the embeddings again, from a cache that holds only the backbone's ONNX export
+        cached = work / f"cache-{name}-export"
+        shutil.copytree(exported, cached / "onnx")
+        rerun = {**env, "POSTERLAB_CACHE_DIR": str(cached)}
+        run = _train(python, subset, work / "runs" / f"{name}-export-cached", rerun, *extra, cwd=cwd)
+        again = {"extraction_export_cached_posters_per_second": posters / max(run["features_seconds"], 1e-6)}
     return {
         "cold_seconds": cold["seconds"],
         "warm_seconds": warm["seconds"],
         "extraction_posters_per_second": posters / max(cold["features_seconds"], 1e-6),
+        **again,
         "cold_peak_rss_mib": cold["peak_rss_mib"],
         "warm_peak_rss_mib": warm["peak_rss_mib"],
         "warm_work_seconds": warm["features_seconds"] + warm["fit_seconds"],
@@ -307,6 +318,9 @@ def main() -> int:
     result["after"] = cold_and_warm([sys.executable, "-m", "posterlab"], subset, work, env, "after")
     slower = min(result["bounds"]["decode_posters_per_second"], result["bounds"]["model_posters_per_second"])
     result["extraction_fraction_of_bound"] = result["after"]["extraction_posters_per_second"] / slower
+    if "extraction_export_cached_posters_per_second" in result["after"]:
+        cached = result["after"]["extraction_export_cached_posters_per_second"]
+        result["extraction_export_cached_fraction_of_bound"] = cached / slower
     print(f"  {result['after']}", flush=True)
     if args.before:
         print(f"the same at {args.before} ...", flush=True)
@@ -342,6 +356,10 @@ def main() -> int:
     result["goals"] = {
         "extraction >= 120 posters/s": after["extraction_posters_per_second"] >= 120,
         "extraction >= 0.8 of the slower bound": result["extraction_fraction_of_bound"] >= 0.8,
+        "extraction, export cached, >= 0.8 of the slower bound": result.get(
+            "extraction_export_cached_fraction_of_bound", 0
+        )
+        >= 0.8,
         "warm probe <= 4 s": after["warm_seconds"] <= 4,
         "cold probe <= 8 s": after["cold_seconds"] <= 8,
     }
