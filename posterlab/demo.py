@@ -32,7 +32,7 @@ from PIL import Image
 
 from posterlab import settings
 from posterlab.config import CAM_METHODS, HEADLINE, SLOW_CAM_METHODS
-from posterlab.errors import ImageError, PosterlabError, RunError
+from posterlab.errors import ImageError, PosterlabError, RunError, one_line
 from posterlab.models.registry import BACKBONES
 from posterlab.runs import Run, list_runs, load_run
 from posterlab.serving import ModelCache, run_key
@@ -160,8 +160,8 @@ class DemoState:
             explainer = self.models.get(path).explainer
             if self.examples:
                 explainer.explain(self.examples[0], top_k=1)
-        except PosterlabError as error:  # the visitor who picks it gets the one-line reason
-            log.warning("demo: %s", error)
+        except Exception as error:  # noqa: BLE001 (the visitor who picks it gets the one-line reason)
+            log.warning("demo: could not load %s ahead of its first request (%s)", path, one_line(error))
 
     def current(self) -> list[Run]:
         """The runs to offer now (a demo over a checkpoints folder picks up runs finished since)."""

@@ -201,6 +201,24 @@ def test_warm_loads_the_first_model_once_in_the_background(genre_run, binary_run
     assert not thread.is_alive() and first in state.models
 
 
+def test_a_model_that_cannot_load_is_reported_to_the_visitor_not_the_warm_up(genre_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from posterlab.demo import DemoState, analyse
+    from posterlab.errors import PosterlabError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(genre_run, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    state = DemoState(run=broken, examples=[])
+    with caplog.at_level(logging.WARNING, logger="posterlab.demo"):
+        state.warm().join(timeout=120)
+    assert "could not load" in caplog.text and str(broken) in caplog.text
+    with pytest.raises(PosterlabError):
+        analyse(state, str(broken), str(POSTER))
+
+
 def test_explain_labels_and_its_errors(state, genre_run):
     from posterlab.demo import explain_labels
     from posterlab.errors import PosterlabError, RunError
