@@ -343,7 +343,7 @@ def analyse(
     model saw followed by a Grad-CAM overlay per predicted label (the top one when none clears)."""
     if poster is None:  # the input was cleared
         return "", None, None, []
-    from posterlab.explain import to_poster_aspect  # loaded by DemoState.warm by now
+    from posterlab.explain import to_poster_aspect  # torch: DemoState.warm has usually imported it
 
     chosen = state.lookup(run_path)
     source, name = _poster(poster)
