@@ -176,7 +176,13 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     timings: dict[str, float | str] = {}
+    phases: dict[str, float] = {}
     upload = _poster_zip(tmp_path)
+    began = time.monotonic()
+
+    def phase(name: str) -> None:  # seconds since the previous phase, for first_hour_timings.json
+        phases[name] = round(time.monotonic() - began - sum(phases.values()), 2)
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -210,6 +216,7 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             expect(page.get_by_text("first-hour.zip").first).to_be_visible()
             assert page.get_by_text("uploads/").count() == 0  # no cache path where the user reads
             shot(page, "hour-2-dataset")
+            phase("upload_and_dataset_s")
 
             go(page, "Train")
             if lite0_weights() is None:
@@ -220,6 +227,7 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             )
             settle(page)
             shot(page, "hour-3-probe")
+            phase("probe_s")
 
             page.get_by_role("radiogroup", name="Mode").get_by_text("finetune", exact=True).click()
             settle(page)
@@ -239,6 +247,7 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             )
             settle(page)
             shot(page, "hour-5-finetune-resumed")
+            phase("finetune_stop_resume_s")
 
             go(page, "Compare")
             picked = page.get_by_test_id("stMultiSelect")
@@ -246,12 +255,14 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             expect(picked.get_by_text("hour-probe")).to_be_visible()
             expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
             shot(page, "hour-6-compare")
+            phase("compare_s")
 
             go(page, "Explore")
             page.get_by_role("tab", name="Top by label").click()
             settle(page)
             expect(page.get_by_text(re.compile("^Grad-CAM: ")).first).to_be_visible(timeout=120_000)
             shot(page, "hour-7-explore-gradcam")
+            phase("explore_gradcam_s")
             started = time.monotonic()
             page.get_by_role("tab", name="Map", exact=True).click()
             settle(page)
@@ -271,6 +282,7 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
                 "img => img.complete && img.naturalWidth > 0", arg=neighbour.element_handle()
             )
             shot(page, "hour-8-explore-map")
+            phase("explore_map_s")
 
             # another machine: the workbench reached as 127.0.0.2, the demo through the same host
             port = server.rsplit(":", 1)[1]
@@ -282,13 +294,14 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
                 page.frame_locator("iframe").first.get_by_text("what can a poster tell about its film?")
             ).to_be_visible(timeout=120_000)
             shot(page, "hour-9-demo-from-another-host")
+            phase("demo_s")
         except Exception:
             shot(page, "hour-failed-here")  # what the page showed when a step failed
             raise
         finally:
             browser.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "first_hour_timings.json").write_text(json.dumps(timings, indent=2))
+    (ARTIFACTS / "first_hour_timings.json").write_text(json.dumps({**timings, "phases": phases}, indent=2))
 
 
 @pytest.fixture
