@@ -174,7 +174,7 @@ def through_fit(
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -189,7 +189,7 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=-1, help="loader workers (-1: what fit() picks)")
     parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     workers = args.workers if args.workers >= 0 else default_workers(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"

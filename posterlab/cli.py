@@ -32,7 +32,7 @@ from posterlab.config import (
     from_dict,
     leaves,
 )
-from posterlab.errors import PosterlabError, one_line, out_of_memory
+from posterlab.errors import PosterlabError, RunError, one_line, out_of_memory
 
 log = logging.getLogger("posterlab")
 
@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if getattr(args, "run", None) and not Path(args.run).is_dir():  # said before torch is imported
+            raise RunError(f"{args.run}: no such run folder")
         return args.func(args)
     except PosterlabError as error:
         print(f"posterlab: error: {one_line(error)}", file=sys.stderr)
