@@ -1,0 +1,231 @@
+"""Training from the workbench against the same run in a plain process: what the live page costs.
+
+A real ``streamlit run app.py`` and Debian's chromium (Playwright), as a user has them: a zip of sample
+posters uploaded, a short probe trained first (imports, backbone export and embeddings warm, as in a
+session), then the timed run started from the Train page and followed until it completes, with the
+page polling its progress and redrawing its curves. The same timed config (read back from the run's
+``config.json``) is then trained in this process with ``train_run``, after the same warm-up.
+
+It also runs the page with Streamlit's default ``runner.postScriptGC = true`` (a full ``gc.collect()``
+after every script run, fragments included), which the app's ``.streamlit/config.toml`` turns off.
+Prints the figures and writes JSON.
+
+    python benchmarks/train_page.py [--posters 60] [--epochs 6] [--mode finetune] [--gc off,on]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from posterlab import settings  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "train_page.json"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (and their waited-for children) so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def poster_zip(folder: Path, count: int) -> Path:
+    """labels.csv + images/ of the embedded sample's first ``count`` posters, as a user uploads one."""
+    sample = settings.SAMPLES["sample"]
+    table = pd.read_csv(sample / "labels.csv", dtype=str).head(count)
+    path = folder / "posters.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("labels.csv", table.to_csv(index=False))
+        for movie in table["imdb_id"]:
+            archive.write(sample / "images" / f"{movie}.jpg", f"images/{movie}.jpg")
+    return path
+
+
+@contextlib.contextmanager
+def streamlit(port: int, folder: Path, gc: bool) -> Iterator[subprocess.Popen]:
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
+    command += ["--server.headless", "true", "--runner.postScriptGC", str(gc).lower()]
+    # a cache of its own: the timed run computes what it caches (a fine-tune, the frozen part's output)
+    env = {
+        **os.environ,
+        "POSTERLAB_CHECKPOINTS": str(folder / "checkpoints"),
+        "POSTERLAB_CACHE_DIR": str(folder / "cache"),
+    }
+    log = (folder / "streamlit.log").open("w")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        url = f"http://127.0.0.1:{port}/_stcore/health"
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
+                break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"streamlit did not start: {(folder / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def settle(page) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", polling=100)
+
+
+def fill(page, label: str, value: str) -> None:
+    field = page.get_by_label(label, exact=True).filter(visible=True)
+    field.fill(value)
+    field.press("Enter")
+    settle(page)
+
+
+def train(page, name: str, epochs: int) -> None:
+    fill(page, "Epochs", str(epochs))
+    fill(page, "Run name (optional)", name)
+    page.get_by_role("button", name="Start training").click()
+
+
+def completed(page, name: str, timeout_s: float = 1800) -> None:
+    from playwright.sync_api import expect
+
+    done = page.get_by_text(re.compile(rf"{name}\s*·\s*completed")).first
+    expect(done).to_be_visible(timeout=timeout_s * 1000)
+
+
+def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool) -> dict:
+    """Warm-up probe, then the timed run, from the Train page; wall time and CPU by process."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with socket_port() as port, streamlit(port, folder, gc) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1400})
+        page.goto(f"http://127.0.0.1:{port}")
+        expect(page.get_by_text("What can a movie poster tell us")).to_be_visible(timeout=120_000)
+        page.get_by_role("combobox", name="Dataset").click()
+        page.get_by_role("option", name="Upload a CSV or a zip").click()
+        settle(page)
+        page.locator("[data-testid='stSidebar'] input[type='file']").set_input_files(str(upload))
+        expect(page.get_by_text(f"{args.posters} posters").first).to_be_visible(timeout=120_000)
+        settle(page)
+        page.get_by_test_id("stTopNavLink").filter(has_text="Train").first.click()
+        settle(page)
+        train(page, "warm-up", 2)
+        completed(page, "warm-up")
+        settle(page)
+        page.get_by_role("radiogroup", name="Mode").get_by_text(args.mode, exact=True).click()
+        settle(page)
+        fill(page, "Early-stop patience", str(args.epochs))
+        watched = [server.pid]
+        browsers = pids("chrom")
+        before = cpu_seconds(watched), cpu_seconds(browsers)
+        started = time.monotonic()
+        train(page, "timed", args.epochs)
+        completed(page, "timed")
+        wall = time.monotonic() - started
+        browsers = pids("chrom")
+        result = {
+            "wall_s": round(wall, 1),
+            "app_cpu_s": round(cpu_seconds(watched) - before[0], 1),
+            "browser_cpu_s": round(cpu_seconds(browsers) - before[1], 1),
+            "run": str(folder / "checkpoints" / "timed"),
+        }
+        browser.close()
+    return result
+
+
+@contextlib.contextmanager
+def socket_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    yield port
+
+
+def in_process(run: Path, folder: Path) -> dict:
+    """The page's timed config, trained here after the same warm-up probe (imports and caches warm), with
+    a cache of its own, as each page pass has."""
+    os.environ["POSTERLAB_CACHE_DIR"] = str(folder / "cache")
+    from posterlab.config import RunConfig, from_dict
+    from posterlab.runs import read_json
+    from posterlab.training.trainer import train_run
+
+    timed = from_dict(RunConfig, read_json(run / "config.json")["run"])
+    warm = from_dict(RunConfig, read_json(run.parent / "warm-up" / "config.json")["run"])
+    train_run(warm, folder)
+    started = time.monotonic()
+    train_run(timed, folder)
+    return {"wall_s": round(time.monotonic() - started, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--posters", type=int, default=60, help="how many sample posters the zip holds")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--mode", default="finetune", choices=["probe", "finetune", "full"])
+    parser.add_argument("--gc", default="off,on", help="postScriptGC settings to run the page with")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    work = Path(tempfile.mkdtemp(prefix="posterlab-train-page-"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    upload = poster_zip(work, args.posters)
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "posters": args.posters,
+        "epochs": args.epochs,
+        "mode": args.mode,
+        "page": {},
+    }
+    for setting in args.gc.split(","):
+        folder = work / f"gc-{setting}"
+        folder.mkdir()
+        result["page"][f"postScriptGC={setting}"] = through_page(folder, upload, args, gc=setting == "on")
+        print(f"page, postScriptGC={setting}: {result['page'][f'postScriptGC={setting}']}", flush=True)
+    run = Path(next(iter(result["page"].values()))["run"])
+    result["plain_process"] = in_process(run, work / "plain")
+    print(f"plain process: {result['plain_process']}")
+    plain = result["plain_process"]["wall_s"]
+    for name, page in result["page"].items():
+        page["times_plain"] = round(page["wall_s"] / plain, 2)
+        print(f"{name}: {page['wall_s']} s through the page, {page['times_plain']}x the plain process")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
