@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         if getattr(args, "run", None) and not Path(args.run).is_dir():  # said before torch is imported
-            raise RunError(f"{args.run}: no such run folder")
+            raise RunError.missing(args.run)
         return args.func(args)
     except PosterlabError as error:
         print(f"posterlab: error: {one_line(error)}", file=sys.stderr)

@@ -63,6 +63,11 @@ class ModelError(PosterlabError):
 class RunError(PosterlabError):
     """A run folder is missing, incomplete or unsafe to load."""
 
+    @classmethod
+    def missing(cls, path: object) -> RunError:
+        """The one wording for a run folder that is not there (the CLI says it before importing torch)."""
+        return cls(f"{path}: no such run folder; list runs with the app's Compare page or ls checkpoints/")
+
 
 class BusyError(PosterlabError):
     """A training run is already in progress in this process."""

@@ -60,7 +60,7 @@ def load_model_folder(folder: Path) -> tuple[dict, PosterModel]:
     """``model.json`` and the model with its weights, from a run or bundle folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RunError(f"{folder}: no such run folder")
+        raise RunError.missing(folder)
     if not (folder / "model.json").exists():
         status = folder / "status.json"
         state = read_json(status).get("status", "?") if status.exists() else "unknown"

@@ -277,9 +277,7 @@ def load_run(path: str | Path) -> Run:
     """Read a run folder (never unpickles; weights are checked to be safetensors when loaded)."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(
-            f"{path}: no such run folder; list runs with the app's Compare page or ls checkpoints/"
-        )
+        raise RunError.missing(path)
     stray = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if stray and not (path / "model.safetensors").exists():
         raise RunError(
