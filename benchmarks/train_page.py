@@ -52,6 +52,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def memory_mib(pid: int) -> dict:
+    """The process's resident memory now and at its peak (MiB)."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {
+        key: round(int(status[field].split()[0]) / 1024)
+        for key, field in (("rss", "VmRSS"), ("peak", "VmHWM"))
+    }
+
+
 def pids(pattern: str) -> list[int]:
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     return [int(p) for p in found]
@@ -157,6 +166,7 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool)
             "wall_s": round(wall, 1),
             "app_cpu_s": round(cpu_seconds(watched) - before[0], 1),
             "browser_cpu_s": round(cpu_seconds(browsers) - before[1], 1),
+            "app_memory_mib": memory_mib(server.pid),  # with or without a gc.collect() after each run
             "run": str(folder / "checkpoints" / "timed"),
         }
         browser.close()
