@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from posterlab import settings
+from posterlab.launch import free_port
 
-from posterlab import settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results" / "train_page.json"
 CHROMIUM = "/usr/bin/chromium"
@@ -135,7 +135,8 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool)
     """Warm-up probe, then the timed run, from the Train page; wall time and CPU by process."""
     from playwright.sync_api import expect, sync_playwright
 
-    with socket_port() as port, streamlit(port, folder, gc) as server, sync_playwright() as playwright:
+    port = free_port()
+    with streamlit(port, folder, gc) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1400})
         page.goto(f"http://127.0.0.1:{port}")
@@ -171,16 +172,6 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool)
         }
         browser.close()
     return result
-
-
-@contextlib.contextmanager
-def socket_port() -> Iterator[int]:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    yield port
 
 
 def in_process(run: Path, folder: Path) -> dict:
