@@ -550,6 +550,9 @@ def saved_run(folder: Path, run: Run) -> None:
     st.markdown(line)
     if run.state == "failed":
         st.error(status.get("error") or "failed without a message", icon=":material/error:")
+    owner = status.get("owner")
+    if run.state == "running" and owner:  # trained elsewhere (the command line, torchrun, another server)
+        st.caption(f"Training in process {owner['pid']} on {owner['host']}; its heartbeat keeps it live.")
     if run.state == "stopped":
         st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
     if run.state in ("stopped", "failed") and (run.path / "resume.safetensors").exists():

@@ -31,6 +31,7 @@ from posterlab.config import (
     RunConfig,
     from_dict,
     leaves,
+    to_dict,
 )
 from posterlab.errors import PosterlabError, RunError, one_line, out_of_memory
 
@@ -47,7 +48,6 @@ COMPOSITE_HELP = {
     "--genres": "N for the top-N, a comma-separated list (genres, or classes with --target label), or all",
     "--merge": "merge a synonym genre FROM=INTO, e.g. Musical=Music (repeatable)",
 }
-LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
 
 
 # --------------------------------------------------------------------------- config ↔ flags
@@ -399,22 +399,85 @@ def _stop_on_signals() -> threading.Event:
     return requested
 
 
+def _changed_flags(config: RunConfig) -> list[str]:
+    """The training flags the command line set to something other than their defaults."""
+    default = build_run_config(parser().parse_args(["train"]))
+    composite = {path: flag for flag, paths in COMPOSITE.items() for path in paths}
+    flags = {
+        composite.get(path) or flag_of(path, item)
+        for path, item in leaves(RunConfig)
+        if path != "name" and _value_at(config, path) != _value_at(default, path)
+    }
+    return sorted(flags)
+
+
+def _resume_target(args: argparse.Namespace) -> Path:
+    """``--resume RUN``: continued with the run's own config; any other training flag is refused, not
+    silently ignored (a run's settings are what its history was trained with)."""
+    changed = _changed_flags(build_run_config(args))
+    given = changed + [flag for flag, value in (("--out", args.out), ("--name", args.name)) if value]
+    if given:
+        raise PosterlabError(
+            f"--resume continues {args.resume} with its own settings; drop {', '.join(given)} "
+            "(or start a new run with --config RUN/config.json and your changes)"
+        )
+    return Path(args.resume)
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """``--nproc-per-node N``: the same run under torchrun, handed over as a config file and its folder."""
+    import tempfile
+
+    from posterlab import settings
+    from posterlab.launch import relaunch
+    from posterlab.runs import new_run_id
+
+    with tempfile.TemporaryDirectory(prefix="posterlab-launch-") as folder:
+        if args.resume:
+            run_dir = _resume_target(args)
+            train_args = ["--resume", str(run_dir)]
+        else:
+            config = build_run_config(args)
+            run_dir = (
+                Path(args.out)
+                if args.out
+                else settings.checkpoints_dir() / (config.name or new_run_id(config))
+            )
+            config = dataclasses.replace(config, name=run_dir.name)
+            path = Path(folder) / "config.json"
+            path.write_text(json.dumps(to_dict(config)))
+            train_args = ["--config", str(path), "--out", str(run_dir)]
+        train_args += ["-q"] if args.quiet else []
+        single = args.rdzv_endpoint is None  # one machine: a rendezvous id of its own, the run's name
+        return relaunch(
+            train_args,
+            args.nproc_per_node,
+            args.nnodes,
+            args.rdzv_endpoint,
+            run_dir.name if single and args.rdzv_id == "posterlab" else args.rdzv_id,
+            args.max_restarts,
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc_per_node:
-        from posterlab.launch import relaunch
-
-        return relaunch(args, sys.argv[1:] if args.argv is None else args.argv)
+        return _relaunch(args)
+    from posterlab.runs import load_run
     from posterlab.training import distributed
     from posterlab.training.trainer import resume_run, train_run
 
     requested = _stop_on_signals()
-    config = None if args.resume else build_run_config(args)
-    device = config.train.device if config else "auto"
+    if args.resume:  # the run's own device decides the backend (a GPU run resumes on GPUs, NCCL)
+        run_dir = _resume_target(args)
+        config, device = None, load_run(run_dir).config.train.device
+    else:
+        config = build_run_config(args)
+        device = config.train.device
     dist = distributed.from_environment(device)
     sink = _Bars(args.quiet or not dist.main)
     try:
         if args.resume:
-            path = resume_run(Path(args.resume), on_event=sink, should_stop=requested.is_set, dist=dist)
+            path = resume_run(run_dir, on_event=sink, should_stop=requested.is_set, dist=dist)
         else:
             root = Path(args.out).parent if args.out else None
             path = train_run(config, root, on_event=sink, should_stop=requested.is_set, dist=dist)
@@ -510,7 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args = parse(argv)
-        args.argv = argv
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",

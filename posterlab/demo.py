@@ -30,7 +30,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from posterlab import settings
+from posterlab import background, settings
 from posterlab.config import CAM_METHODS, HEADLINE, SLOW_CAM_METHODS
 from posterlab.errors import ImageError, PosterlabError, RunError, one_line
 from posterlab.models.registry import BACKBONES
@@ -147,10 +147,7 @@ class DemoState:
         with self._warm_lock:
             if self._warming is None:
                 first = next(iter(self.runs.values()))
-                self._warming = threading.Thread(
-                    target=self._load, args=(first.path,), name="posterlab-demo-warm", daemon=True
-                )
-                self._warming.start()
+                self._warming = background.start(self._load, first.path, name="posterlab-demo-warm")
             return self._warming
 
     def _load(self, path: Path) -> None:

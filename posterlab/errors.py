@@ -68,6 +68,17 @@ class RunError(PosterlabError):
         """The one wording for a run folder that is not there (the CLI says it before importing torch)."""
         return cls(f"{path}: no such run folder; list runs with the app's Compare page or ls checkpoints/")
 
+    @classmethod
+    def busy(cls, path: object, holder: dict, doing: str = "train it") -> RunError:
+        """The one wording for a run folder another trainer holds (its lease is alive)."""
+        import time
+
+        age = time.time() - float(holder.get("heartbeat") or 0)
+        return cls(
+            f"{path}: is being trained by process {holder.get('pid', '?')} on {holder.get('host', '?')} "
+            f"(heartbeat {age:.0f} s ago); stop that run before you {doing}"
+        )
+
 
 class BusyError(PosterlabError):
     """A training run is already in progress in this process."""

@@ -1,9 +1,10 @@
-"""``posterlab train --nproc-per-node N ...``: the same command re-launched under ``torchrun``.
+"""``posterlab train --nproc-per-node N ...``: the same run re-launched under ``torchrun``.
 
 torchrun (PyTorch's elastic launcher) starts the processes, runs the c10d rendezvous across machines and
 restarts the group when a worker dies (``--max-restarts``); every process runs ``python -m posterlab
-train`` with the same flags. Picking the run folder here, before launching, lets a restarted group (and
-the app) find the run it belongs to.
+train`` with the same arguments. The command line hands over plain values: the training arguments (the
+run's config file and its folder, picked before launching so that a restarted group, and the app, find the
+run it belongs to) and the launcher's own settings.
 """
 
 from __future__ import annotations
@@ -13,25 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
-from posterlab import settings
-
-LAUNCH_VALUES = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
-
-
-def strip_launch_flags(argv: list[str]) -> list[str]:
-    """``argv`` without the launcher's own flags (given as ``--flag value`` or ``--flag=value``)."""
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        name = item.split("=", 1)[0]
-        if name in LAUNCH_VALUES:
-            skip = "=" not in item
-            continue
-        out.append(item)
-    return out
+from posterlab.runs import LAUNCHED_AT
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,22 +81,20 @@ def worker_environment(single_machine: bool) -> dict[str, str]:
     return env
 
 
-def relaunch(args, argv: list[str]) -> int:
-    """Run the training command under torchrun and wait for it; its exit code is ours.
+def relaunch(
+    train_args: list[str],
+    nproc: int,
+    nnodes: str = "1",
+    endpoint: str | None = None,
+    rdzv_id: str = "posterlab",
+    max_restarts: int = 0,
+) -> int:
+    """Run ``posterlab train <train_args>`` under torchrun and wait for it; its exit code is ours.
 
-    Without ``--out`` (or ``--resume``) the run folder is named now and passed on as ``--out``."""
-    from posterlab.cli import build_run_config
-    from posterlab.runs import new_run_id
-
-    train_args = strip_launch_flags(argv[argv.index("train") + 1 :])
-    if not args.out and not args.resume:
-        config = build_run_config(args)
-        name = config.name or new_run_id(config)
-        train_args += ["--out", str(settings.checkpoints_dir() / name)]
-    command = torchrun_command(
-        train_args, args.nproc_per_node, args.nnodes, args.rdzv_endpoint, args.rdzv_id, args.max_restarts
-    )
-    process = subprocess.Popen(command, env=worker_environment(args.rdzv_endpoint is None))
+    SIGTERM is passed on to every worker (a graceful stop); Ctrl-C reaches them through the process group."""
+    command = torchrun_command(train_args, nproc, nnodes, endpoint, rdzv_id, max_restarts)
+    env = {**worker_environment(endpoint is None), LAUNCHED_AT: repr(time.time())}
+    process = subprocess.Popen(command, env=env)
 
     def forward(signum, frame) -> None:  # torchrun passes it on to every worker
         process.send_signal(signum)

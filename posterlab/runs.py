@@ -4,7 +4,9 @@
 
     checkpoints/<run_id>/
       config.json        RunConfig + environment (versions, device, seed)
-      status.json        running | completed | stopped | failed, error, progress, heartbeat
+      status.json        running | completed | stopped | failed, error, progress
+      lease.json         who trains the run now (pid, host, job) and its heartbeat, refreshed every few
+                         seconds from a side thread; present only while a trainer holds the folder
       model.json         what a Predictor needs: backbone, head, label rule, thresholds, preprocessing
       model.safetensors  the weights (float32 or float16)
       history.json       one row per epoch
@@ -14,16 +16,21 @@
       events.jsonl       every progress event, one JSON object a line, appended as the run goes (rank 0)
       resume.safetensors weights, optimizer state and progress while a run can still be resumed (one
                          file, so a crash never leaves half a checkpoint)
-      stop.request       present while a stop was asked for (the app's Stop for multi-process runs)
+      stop.request       a stop asked for (the app's Stop for multi-process runs); honoured when it is newer
+                         than the session it is meant for, so a stale one never stops a later resume
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
+import socket
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +46,16 @@ from posterlab.models.weights import check_safetensors
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 STATUSES = ("running", "completed", "stopped", "failed")
-HEARTBEAT_STALE_S = 300
+HEARTBEAT_EVERY_S = 5.0  # how often the trainer's side thread refreshes its lease
+LEASE_STALE_S = 30.0  # a lease not refreshed for this long belongs to a dead trainer
+LEASE_FILE = "lease.json"
+# set by a launcher (the app, ``--nproc-per-node``) for the processes it starts: when it asked for the run,
+# so that a stop asked for before they started is honoured, and one older than that is not
+LAUNCHED_AT = "POSTERLAB_LAUNCHED_AT"
+INTERRUPTED = "interrupted: the process training it ended; resume it with posterlab train --resume RUN_DIR"
 # files that would be unpickled by torch.load & co.: never opened, and named in the error instead
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 STOP_FILE = "stop.request"
@@ -66,9 +81,15 @@ def finite(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = _temporary(path)
     temporary.write_text(json.dumps(finite(data), indent=2, allow_nan=False))
     os.replace(temporary, path)
+
+
+def _temporary(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread writes (the checkpoint writer
+    and the trainer's own thread both write status.json)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def read_json(path: Path) -> Any:
@@ -85,7 +106,7 @@ def save_tensors(
 ) -> None:
     from safetensors.torch import save_file
 
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = _temporary(path)
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
     )
@@ -123,12 +144,15 @@ class RunFolder:
         self.writes = writes
 
     @classmethod
-    def create(cls, root: Path, config: RunConfig, environment: dict[str, Any]) -> RunFolder:
+    def create(cls, root: Path, config: RunConfig, environment: dict[str, Any], lease: Lease) -> RunFolder:
+        """A new run folder, held by ``lease`` from the start (a folder that already holds a run is
+        refused: pick another name)."""
         name = config.name or new_run_id(config)
         path = Path(root) / name
         if (path / "config.json").exists():
             raise RunError(f"{path}: a run with this name exists; pick another name or delete it")
         path.mkdir(parents=True, exist_ok=True)
+        lease.acquire(path)
         folder = cls(path)
         write_json(path / "config.json", {"run": _config_dict(config, name), "environment": environment})
         folder.set_status("running", started=now_iso())
@@ -142,7 +166,7 @@ class RunFolder:
         if (self.path / "status.json").exists():
             current = read_json(self.path / "status.json")
         current.update(fields)
-        current.update(status=status, updated=now_iso(), pid=os.getpid())
+        current.update(status=status, updated=now_iso(), pid=os.getpid(), host=socket.gethostname())
         if status != "failed" and "error" not in fields:
             current.pop("error", None)
         write_json(self.path / "status.json", current)
@@ -158,11 +182,17 @@ class RunFolder:
                 handle.write(line + "\n")
 
     def request_stop(self) -> None:
-        """Ask the run's processes to stop at their next batch boundary."""
-        (self.path / STOP_FILE).touch()
+        """Ask the run's processes to stop at their next batch boundary (also before they started: a
+        session honours any request made after it was launched)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / STOP_FILE).write_text(now_iso())
 
-    def stop_requested(self) -> bool:
-        return (self.path / STOP_FILE).exists()
+    def stop_requested(self, since: float) -> bool:
+        """A stop asked for at or after ``since`` (a time.time()); older requests are stale."""
+        try:
+            return (self.path / STOP_FILE).stat().st_mtime >= since - 1.0  # file systems round times
+        except FileNotFoundError:
+            return False
 
     def clear_stop(self) -> None:
         if self.writes:
@@ -180,7 +210,7 @@ class RunFolder:
     def write_predictions(self, frame: pd.DataFrame) -> None:
         if not self.writes:
             return
-        temporary = self.path / f".predictions.csv.{os.getpid()}.tmp"
+        temporary = _temporary(self.path / "predictions.csv")
         frame.to_csv(temporary, index=False)
         os.replace(temporary, self.path / "predictions.csv")
 
@@ -191,6 +221,118 @@ def _config_dict(config: RunConfig, name: str) -> dict:
     values = to_dict(config)
     values["name"] = name
     return values
+
+
+def _job() -> str:
+    """The torchrun job this process belongs to ('' outside torchrun): its rendezvous id."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
+def _attempt() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+class Lease:
+    """The right to train a run folder: one holder at a time, proven by a heartbeat.
+
+    ``acquire`` writes ``lease.json`` (pid, host, torchrun job and attempt, heartbeat) and starts a side
+    thread that refreshes the heartbeat every ``every`` seconds, whatever the training does (a 20-minute
+    epoch, an extraction, an evaluation). A lease whose heartbeat is older than ``LEASE_STALE_S``, or whose
+    process is gone from this host, is dead and may be taken; a live one is refused with its holder named.
+    A later attempt of the same torchrun job takes over its predecessor's lease (torchrun restarts a group
+    only after all its workers ended, perhaps on another machine)."""
+
+    def __init__(self, every: float = HEARTBEAT_EVERY_S) -> None:
+        self.every = every
+        self.token = uuid.uuid4().hex
+        self.path: Path | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, folder: Path) -> None:
+        folder = Path(folder)
+        holder = read_lease(folder)
+        if holder is not None and holder.get("token") != self.token and lease_alive(holder):
+            same_job = (
+                holder.get("job") and holder.get("job") == _job() and _attempt() > holder.get("attempt", 0)
+            )
+            if not same_job:
+                raise RunError.busy(folder, holder)
+        self.path = folder / LEASE_FILE
+        self._beat(started=now_iso())
+        confirmed = read_lease(folder)  # two starters at once: the last writer wins, the other stops here
+        if confirmed is None or confirmed.get("token") != self.token:
+            raise RunError.busy(folder, confirmed or {})
+        self._done.clear()
+        self._thread = threading.Thread(target=self._loop, name="posterlab-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, started: str | None = None) -> None:
+        assert self.path is not None
+        current = {} if started else (read_lease(self.path.parent) or {})
+        if not started and current.get("token") != self.token:
+            return  # taken over (we were presumed dead): never write over the new holder
+        write_json(
+            self.path,
+            {
+                "token": self.token,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "job": _job(),
+                "attempt": _attempt(),
+                "started": started or current.get("started"),
+                "heartbeat": time.time(),
+            },
+        )
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                self._beat()
+            except OSError as error:  # a full disk or a vanished folder must not kill the run
+                log.warning("heartbeat not written: %s", error)
+
+    def release(self) -> None:
+        """Stop the heartbeat and give the folder up (the lease file goes if it is still ours)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.path is not None:
+            holder = read_lease(self.path.parent)
+            if holder is not None and holder.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+            self.path = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.release()
+
+
+def read_lease(folder: Path) -> dict | None:
+    try:
+        return json.loads((Path(folder) / LEASE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def lease_alive(holder: dict) -> bool:
+    """A heartbeat younger than ``LEASE_STALE_S`` from a process that, on this host, still exists."""
+    age = time.time() - float(holder.get("heartbeat") or 0)
+    if age > LEASE_STALE_S:
+        return False
+    if holder.get("host") == socket.gethostname():
+        return _pid_alive(holder.get("pid"))
+    return True
+
+
+def check_not_live(folder: Path, doing: str) -> None:
+    """Refuse ``doing`` (resume, delete) on a run folder another trainer holds."""
+    holder = read_lease(folder)
+    if holder is not None and lease_alive(holder):
+        raise RunError.busy(Path(folder), holder, doing)
 
 
 @dataclass
@@ -256,21 +398,14 @@ def locate_image(path: str) -> str:
     return path
 
 
-def _effective_status(status: dict) -> dict:
-    """A 'running' run whose process is gone (server restart, crash) reads as failed."""
-    if status.get("status") != "running" or status.get("pid") == os.getpid():
+def _effective_status(status: dict, holder: dict | None) -> dict:
+    """A 'running' run reads as running while its trainer's lease is alive, and as interrupted (failed,
+    resumable) once the heartbeat stops: within ``LEASE_STALE_S``, at once when its process is gone."""
+    if status.get("status") != "running":
         return status
-    try:
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(status.get("updated", ""))).total_seconds()
-    except ValueError:
-        age = float("inf")
-    if _pid_alive(status.get("pid")) and age < HEARTBEAT_STALE_S:
-        return status
-    return {
-        **status,
-        "status": "failed",
-        "error": "interrupted: the process running it ended; resume it with posterlab train --resume RUN_DIR",
-    }
+    if holder is not None and lease_alive(holder):
+        return {**status, "owner": {k: holder.get(k) for k in ("pid", "host", "heartbeat")}}
+    return {**status, "status": "failed", "error": INTERRUPTED}
 
 
 def load_run(path: str | Path) -> Run:
@@ -299,7 +434,14 @@ def load_run(path: str | Path) -> Run:
     history = read_json(path / "history.json") if (path / "history.json").exists() else []
     data = read_json(path / "data.json") if (path / "data.json").exists() else None
     return Run(
-        path, config, raw.get("environment", {}), _effective_status(status), model, metrics, history, data
+        path,
+        config,
+        raw.get("environment", {}),
+        _effective_status(status, read_lease(path)),
+        model,
+        metrics,
+        history,
+        data,
     )
 
 
@@ -355,12 +497,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def delete_run(path: str | Path) -> None:
-    """Remove a run folder (refused while it is running in this process)."""
+    """Remove a run folder (refused while a trainer holds it, wherever that trainer runs)."""
     run = load_run(path)
-    if run.state == "running":
-        raise RunError(f"{run.path}: is still running; stop it first")
+    check_not_live(run.path, "delete it")
     shutil.rmtree(run.path)
-
-
-def heartbeat_due(last: float, every: float = 5.0) -> bool:
-    return time.monotonic() - last >= every

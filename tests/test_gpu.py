@@ -63,7 +63,7 @@ def test_full_fine_tune_with_mixed_precision_stops_and_resumes(tmp_path):
     resume_run(folder)
     run = load_run(folder)
     assert run.status["status"] == "completed" and len(run.history) == 3
-    environment = run.config["environment"]
+    environment = run.environment
     assert environment["device"].startswith("cuda") and environment["world_size"] == 1
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in run.history)
 
@@ -115,5 +115,9 @@ def test_two_gpus_on_nccl(tmp_path):
     ]
     subprocess.run(command, check=True, timeout=900)
     config = json.loads((out / "config.json").read_text())["environment"]
-    assert config["world_size"] == 2 and config["backend"] == "nccl" and config["per_process_batch"] == 16
+    assert (
+        config["world_size"] == 2
+        and config["backend"] == "cpu:gloo,cuda:nccl"
+        and config["per_process_batch"] == 16
+    )
     assert load_run(out).status["status"] == "completed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import stat
 import zipfile
@@ -109,6 +110,10 @@ def split_genres(value: str) -> tuple[str, ...]:
 
 def _finish(name: str, root: Path, kind: str, rows: pd.DataFrame, issues: list[dict]) -> PosterDataset:
     """Common tail: drop missing images and repeated ids, with a reason for each."""
+    if rows.empty:  # every row set aside already: say why, in one line
+        raise DataError(
+            f"{root}: no usable posters ({len(issues)} rows set aside, e.g. {issues[0]['reason'] if issues else 'empty'})"
+        )
     missing = ~rows["image"].map(lambda p: Path(p).is_file())
     for _, row in rows[missing].iterrows():
         issues.append({"id": row["id"], "image": row["image"], "reason": "image file missing"})
@@ -135,7 +140,10 @@ def _read_labels_folder(root: Path, csv_path: Path | None = None, name: str | No
             f"{csv_path}: no image column; add 'imdb_id' (image at images/<imdb_id>.jpg) or 'image' "
             f"(a path relative to the folder). Columns found: {', '.join(columns) or 'none'}"
         )
-    root = root.resolve()
+    # lexically, not through links: a folder the user named may hold links into shared storage (how labs
+    # lay out subsets); a path that climbs out with '..' or starts at '/' is still refused. (Archives are
+    # extracted without links, so an uploaded zip cannot smuggle one in.)
+    root = Path(os.path.abspath(root))
     issues: list[dict] = []
     ids, images, keep = [], [], []
     for index, row in table.iterrows():
@@ -148,7 +156,7 @@ def _read_labels_folder(root: Path, csv_path: Path | None = None, name: str | No
         else:
             issues.append({"id": f"row {index + 2}", "image": "", "reason": "no imdb_id or image"})
             continue
-        candidate = (root / relative).resolve()
+        candidate = Path(os.path.normpath(root / relative))
         if not candidate.is_relative_to(root) or (raw_id and not _SAFE_ID.match(raw_id)):
             issues.append({"id": rid, "image": relative, "reason": "path outside the dataset folder"})
             continue
@@ -175,11 +183,11 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _read_class_folders(root: Path) -> PosterDataset:
-    root = root.resolve()
+    root = Path(os.path.abspath(root))
     records = []
     for folder in _class_folders(root):
         for file in sorted(folder.iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES and not file.is_symlink():
+            if file.suffix.lower() in IMAGE_SUFFIXES:
                 records.append(
                     {
                         "id": f"{folder.name}/{file.stem}",

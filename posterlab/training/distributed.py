@@ -2,14 +2,18 @@
 
 ``Dist`` is the one piece the training loop asks about processes. With one process every method is a
 no-op or the identity, so the loop has a single code path. Under ``torchrun`` (``WORLD_SIZE`` > 1) it
-holds the process group: NCCL with one GPU per process (bound by ``LOCAL_RANK``), gloo on CPUs.
+holds the process group: on GPUs one group with both backends (``cpu:gloo,cuda:nccl``: NCCL for CUDA
+tensors, one GPU per process bound by ``LOCAL_RANK``; gloo for the small CPU tensors of coordination),
+gloo alone on CPUs. Every collective goes through ``Dist``, which places its tensor on a device the
+group's backend serves and refuses any other (NCCL serves CUDA tensors only): callers never pick a device.
 
 - training batches: a ``DistributedSampler`` over the same seeded permutation whatever the number of
   processes, each process taking ``global batch / world`` of every global batch, so a 2-process run sees
   the same global batches as a 1-process run (gradients are averaged by DistributedDataParallel);
 - evaluation: each process scores every ``world``-th poster and the predictions are gathered back into
   dataset order before thresholds and metrics (which every process then computes identically);
-- stop requests: a flag any process raises ends the fit on every process at the same batch boundary;
+- stop requests: a flag any process raises ends the fit on every process at the same batch boundary,
+  exchanged as a CPU tensor without waiting (``StopVote``): no host sync per step;
 - rank 0 alone writes the run folder, events and progress bars.
 """
 
@@ -37,7 +41,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    backend: str = ""  # "" (one process), "gloo" or "nccl"
+    backend: str = ""  # "" (one process), "gloo", or "cpu:gloo,cuda:nccl" (GPUs)
+    seed_offset: int = 0  # added to the seed of augmentation and dropout: each rank draws its own
 
     @property
     def active(self) -> bool:
@@ -47,6 +52,33 @@ class Dist:
     def main(self) -> bool:
         """Rank 0: the process that writes the run folder and speaks to the user."""
         return self.rank == 0
+
+    @property
+    def served(self) -> set[str]:
+        """Device types the process group's backends take tensors on."""
+        out = set()
+        for part in self.backend.split(","):
+            device, _, name = part.rpartition(":")
+            if device:
+                out.add(device)
+            else:
+                out |= {"gloo": {"cpu"}, "nccl": {"cuda"}}.get(name, set())
+        return out
+
+    @property
+    def data_device(self) -> torch.device:
+        """Where gathered data travels: this process's GPU under NCCL, the CPU otherwise."""
+        return torch.device("cuda", self.local_rank) if "cuda" in self.served else torch.device("cpu")
+
+    def _checked(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every collective's tensor passes here: one on a device the backend does not serve is a bug
+        (NCCL would fail on it deep inside a multi-GPU job), said at once on any machine."""
+        if tensor.device.type not in self.served:
+            raise RuntimeError(
+                f"a {tensor.device.type} tensor in a collective of a {self.backend} process group "
+                f"(it serves {', '.join(sorted(self.served))}): place it with Dist"
+            )
+        return tensor
 
     # ---------------------------------------------------------------------------------- placement
 
@@ -97,9 +129,7 @@ class Dist:
             return local
         import torch.distributed as torch_dist
 
-        tensor = torch.from_numpy(np.ascontiguousarray(local))
-        if self.backend == "nccl":
-            tensor = tensor.cuda(self.local_rank)
+        tensor = self._checked(torch.from_numpy(np.ascontiguousarray(local)).to(self.data_device))
         parts = [torch.empty_like(tensor) for _ in range(self.world)]
         torch_dist.all_gather(parts, tensor)
         out = np.zeros((n, *local.shape[1:]), dtype=local.dtype)
@@ -110,16 +140,27 @@ class Dist:
 
     # ------------------------------------------------------------------------------ coordination
 
-    def any(self, flag: bool, device: torch.device | None = None) -> bool:
-        """True on every process when ``flag`` is true on any (a stop request reaches every rank)."""
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any (a stop request reaches every rank).
+
+        A one-element CPU tensor: gloo carries it on every kind of group, and no GPU stream waits."""
         if not self.active:
             return flag
         import torch.distributed as torch_dist
 
-        on = device if self.backend == "nccl" and device is not None else torch.device("cpu")
-        tensor = torch.tensor([1.0 if flag else 0.0], device=on)
+        tensor = self._checked(torch.tensor([1.0 if flag else 0.0]))
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
         return bool(tensor.item())
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over every process (sent from where the backend serves them; same device back)."""
+        if not self.active:
+            return values
+        import torch.distributed as torch_dist
+
+        tensor = self._checked(values.detach().to(self.data_device))
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor.to(values.device)
 
     def broadcast(self, value):
         """Rank 0's ``value`` (any picklable object) on every process."""
@@ -135,18 +176,44 @@ class Dist:
         if self.active:
             import torch.distributed as torch_dist
 
-            if self.backend == "nccl":
+            if "cuda" in self.served:
                 torch_dist.barrier(device_ids=[self.local_rank])
             else:
                 torch_dist.barrier()
 
 
+class StopVote:
+    """Whether any process asked to stop, agreed without a host sync per step.
+
+    Each ``ask(flag)`` starts an all-reduce of this batch's flag (a CPU tensor, gloo, ``async_op``) and
+    returns the result of the previous batch's vote, which has long arrived: a stop is honoured one batch
+    after it was asked for, at the same batch on every process. One process: the flag itself."""
+
+    def __init__(self, dist: Dist) -> None:
+        self.dist = dist
+        self._pending = None
+        self._tensor: torch.Tensor | None = None
+
+    def ask(self, flag: bool) -> bool:
+        if not self.dist.active:
+            return flag
+        import torch.distributed as torch_dist
+
+        stopped = self.settle()
+        self._tensor = self.dist._checked(torch.tensor([1.0 if flag else 0.0]))
+        self._pending = torch_dist.all_reduce(self._tensor, op=torch_dist.ReduceOp.MAX, async_op=True)
+        return stopped
+
+    def settle(self) -> bool:
+        """The outcome of the vote in flight (False when none is); call before leaving the loop."""
+        if self._pending is None:
+            return False
+        self._pending.wait()
+        self._pending = None
+        return bool(self._tensor.item())
+
+
 SINGLE = Dist()
-
-
-def launched_by_torchrun() -> bool:
-    """True in a process that ``torchrun`` started (it sets these for every worker)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def restart_count() -> int:
@@ -157,7 +224,8 @@ def restart_count() -> int:
 def from_environment(device: str = "auto") -> Dist:
     """The process group torchrun describes in the environment, initialised; ``SINGLE`` when alone.
 
-    NCCL when the run trains on CUDA (``device`` auto with a GPU, or cuda), gloo otherwise."""
+    On CUDA (``device`` auto with a GPU, or cuda) one group with NCCL for CUDA tensors and gloo for CPU
+    ones; gloo alone otherwise. Each rank seeds augmentation and dropout with ``seed + rank``."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return SINGLE
@@ -166,7 +234,7 @@ def from_environment(device: str = "auto") -> Dist:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    backend = "nccl" if cuda else "gloo"
+    backend = backend_for(cuda)
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
@@ -178,7 +246,12 @@ def from_environment(device: str = "auto") -> Dist:
             "torchrun shares one store across restarts, so a restarted group may fail to connect: "
             "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun (pytorch/pytorch#135712)"
         )
-    return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend)
+    return Dist(rank=rank, world=world, local_rank=local_rank, backend=backend, seed_offset=rank)
+
+
+def backend_for(cuda: bool) -> str:
+    """The process group's backends: NCCL only serves CUDA tensors, so GPU runs pair it with gloo."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
 def shutdown(dist: Dist) -> None:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from posterlab import settings
+from posterlab import faults, settings
 from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.errors import one_line
@@ -463,6 +463,8 @@ def _extract(
                 store_dtype = np.float32 if part.ndim == 2 else np.float16
                 fresh[key] = np.empty((len(rows), *part.shape[1:]), dtype=store_dtype)
             fresh[key][done : done + len(batch)] = part.cpu().numpy()
+        if done == 0:
+            faults.point("extracting")
         done += len(batch)
         rate = done / max(time.monotonic() - started, 1e-6)
         if rt.dist.main:

@@ -330,12 +330,12 @@ def _loader(dataset: Dataset, batch_size: int, learner: Learner, sampler=None) -
 
 def train_one_epoch(fit: Fit, loader: DataLoader, callbacks: Sequence[Callback]) -> float:
     """One pass over ``loader``; callbacks run around every batch. The running loss stays on the device
-    (no host sync per step); the mean over this process's posters is read once at the end."""
+    (no host sync per step) and is read once at the end: the mean over every process's posters, each
+    weighted as the criterion weighs it (as the validation loss is)."""
     learner = fit.learner
     fit.module.train()
     freeze_norm_stats(learner.module)
-    total = torch.zeros((), device=learner.device)
-    count = 0
+    total = torch.zeros(2, device=learner.device)  # summed loss, summed poster weights
     fit.steps = len(loader)
     for fit.step, (x, y) in enumerate(loader, start=1):
         _run(callbacks, "before_batch", fit)
@@ -350,10 +350,11 @@ def train_one_epoch(fit: Fit, loader: DataLoader, callbacks: Sequence[Callback])
         else:
             loss.backward()
             fit.optimizer.step()
-        total += loss.detach() * len(y)
-        count += len(y)
+        weight = learner.criterion.item_weights(y).sum()
+        total += torch.stack([loss.detach() * weight, weight])
         _run(callbacks, "after_batch", fit)
-    return float(total) / max(count, 1)
+    loss_sum, weight_sum = learner.dist.sum(total).tolist()
+    return loss_sum / max(weight_sum, 1e-12)
 
 
 @torch.no_grad()
@@ -457,6 +458,10 @@ def fit(
     _run(callbacks, "before_fit", current)
     try:
         for current.epoch in range(state.epoch, config.epochs):
+            if (
+                config.patience and state.bad_epochs >= config.patience
+            ):  # also a run resumed after it stopped early
+                break
             started = time.monotonic()
             schedule.step(current.epoch)
             sampler.set_epoch(current.epoch)
@@ -480,11 +485,10 @@ def fit(
             state.history.append(current.row)
             state.epoch = current.epoch + 1
             _run(callbacks, "after_epoch", current)
-            if config.patience and state.bad_epochs >= config.patience:
-                break
     except StopRequested:
         state.stopped = True
-    _run(callbacks, "after_fit", current)
+    finally:  # a failing epoch too: callbacks finish their work (the checkpoint writer) before the trainer
+        _run(callbacks, "after_fit", current)  # writes the failure
     if state.best_state is not None:
         learner.module.load_state_dict(state.best_state)
     return state

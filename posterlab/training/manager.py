@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posterlab import background
 from posterlab.config import RunConfig, to_dict
 from posterlab.errors import BusyError, one_line
 from posterlab.events import EpochEnd, Event, Finished, Message, Progress, Started, from_json
-from posterlab.runs import EVENTS_FILE, RunFolder, load_run, new_run_id
+from posterlab.runs import EVENTS_FILE, LAUNCHED_AT, RunFolder, check_not_live, load_run, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class TrainingManager:
         self._thread: threading.Thread | None = None
         self._process: subprocess.Popen | None = None
         self._snapshot = Snapshot()
+        self._launched_at = 0.0
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -137,25 +139,30 @@ class TrainingManager:
         another run trains."""
         if processes > 1:
             name = config.name or new_run_id(config)
-            self._begin(name, self._torchrun, (config, name, processes), processes, config.train.epochs)
+            out = self.checkpoints / name
+            self._begin(name, self._torchrun, (config, out, processes), processes, config.train.epochs, out)
         else:
             self._begin(config.name or config.train.backbone, self._train, (config,), 1, config.train.epochs)
 
     def resume(self, run_dir: Path, processes: int = 1) -> None:
-        """Continue a stopped or interrupted run in the background."""
+        """Continue a stopped or interrupted run in the background (refused while another trainer holds it)."""
         run = load_run(run_dir)
+        check_not_live(run.path, "resume it")
         target = self._resume if processes <= 1 else self._torchrun_resume
+        folder = Path(run_dir) if processes > 1 else None
         self._begin(
-            Path(run_dir).name, target, (Path(run_dir), processes), processes, run.config.train.epochs
+            Path(run_dir).name, target, (Path(run_dir), processes), processes, run.config.train.epochs, folder
         )
 
     def stop(self) -> None:
-        """Ask the run to stop at the next batch boundary (it still saves and evaluates)."""
+        """Ask the run to stop at the next batch boundary (it still saves and evaluates). For a torchrun job
+        the request goes to its run folder, known from the start: a Stop before it began is kept too."""
         self._stop.set()
         with self._lock:
             self._snapshot.stop_requested = True
             run_dir = self._snapshot.run_dir
-        if self._process is not None and run_dir:  # the subprocess's ranks watch the run folder
+            processes = self._snapshot.processes
+        if processes > 1 and run_dir:  # the subprocess's ranks watch the run folder
             RunFolder(Path(run_dir)).request_stop()
 
     def join(self, timeout: float | None = None) -> None:
@@ -163,7 +170,9 @@ class TrainingManager:
         if thread is not None:
             thread.join(timeout)
 
-    def _begin(self, name: str, target, arguments: tuple, processes: int, epochs: int) -> None:
+    def _begin(
+        self, name: str, target, arguments: tuple, processes: int, epochs: int, run_dir: Path | None = None
+    ) -> None:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise BusyError(
@@ -178,11 +187,12 @@ class TrainingManager:
                 stage="starting",
                 processes=processes,
                 epochs=epochs,
+                run_dir=str(run_dir) if run_dir else None,
             )
-            self._thread = threading.Thread(
-                target=self._guard, args=(target, arguments), name=f"posterlab-train-{name}", daemon=True
+            self._launched_at = time.time()
+            self._thread = background.start(
+                self._guard, target, arguments, name=f"posterlab-train-{name}", stop=self.stop
             )
-            self._thread.start()
 
     # ---------------------------------------------------------------------------------- in-thread
 
@@ -198,19 +208,22 @@ class TrainingManager:
 
     # --------------------------------------------------------------------------------- subprocess
 
-    def _torchrun(self, config: RunConfig, name: str, processes: int) -> None:
+    def _torchrun(self, config: RunConfig, out: Path, processes: int) -> None:
         from posterlab.launch import torchrun_command
 
-        folder = tempfile.mkdtemp(prefix="posterlab-config-")
-        path = Path(folder) / "config.json"
-        path.write_text(json.dumps(to_dict(config)))
-        out = self.checkpoints / name
-        self._follow(torchrun_command(["--config", str(path), "--out", str(out), "-q"], processes), out)
+        with tempfile.TemporaryDirectory(prefix="posterlab-config-") as folder:
+            path = Path(folder) / "config.json"
+            path.write_text(json.dumps(to_dict(config)))
+            command = torchrun_command(
+                ["--config", str(path), "--out", str(out), "-q"], processes, rdzv_id=out.name
+            )
+            self._follow(command, out)
 
     def _torchrun_resume(self, run_dir: Path, processes: int) -> None:
         from posterlab.launch import torchrun_command
 
-        self._follow(torchrun_command(["--resume", str(run_dir), "-q"], processes), Path(run_dir))
+        command = torchrun_command(["--resume", str(run_dir), "-q"], processes, rdzv_id=Path(run_dir).name)
+        self._follow(command, Path(run_dir))
 
     def _follow(self, command: list[str], run_dir: Path) -> None:
         """Run the torchrun command and fold the events rank 0 appends to ``run_dir/events.jsonl``."""
@@ -221,7 +234,10 @@ class TrainingManager:
         finished = False
         with tempfile.TemporaryFile("w+") as output:
             self._process = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, env=worker_environment(True)
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**worker_environment(True), LAUNCHED_AT: repr(self._launched_at)},
             )
             while True:
                 done = self._process.poll() is not None

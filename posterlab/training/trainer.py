@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from posterlab import __version__, settings
+from posterlab import __version__, background, faults, settings
 from posterlab.config import RunConfig, TrainConfig
 from posterlab.data.balance import loss_weights, resample
 from posterlab.data.labels import LabelRule, one_hot
@@ -49,10 +49,19 @@ from posterlab.events import (
     to_json,
 )
 from posterlab.models.stages import boundary_for, set_trainable
-from posterlab.runs import RunFolder, list_runs, load_run, load_tensors, now_iso, save_tensors
+from posterlab.runs import (
+    LAUNCHED_AT,
+    Lease,
+    RunFolder,
+    list_runs,
+    load_run,
+    load_tensors,
+    now_iso,
+    save_tensors,
+)
 from posterlab.training import distributed
 from posterlab.training.criterion import Criterion
-from posterlab.training.distributed import SINGLE, Dist
+from posterlab.training.distributed import SINGLE, Dist, StopVote
 from posterlab.training.loop import (
     Callback,
     Fit,
@@ -115,18 +124,25 @@ def train_run(
     """Train a new run under ``checkpoints`` (default ``./checkpoints``); returns its folder.
 
     Under torchrun (``dist`` with several processes) rank 0 creates the folder and the others learn its
-    path; after an elastic restart the group resumes the run it was training instead."""
+    path; after an elastic restart the group carries on with the run it was training: from its last
+    finished epoch, or from the start in the same folder when it died before its first checkpoint."""
     device = dist.device(resolve_device(config.train.device))
     root = Path(checkpoints or settings.checkpoints_dir())
     restarted = _restarted_run(root, dist)
-    if restarted is not None:
+    if restarted is not None and (restarted / "resume.safetensors").exists():
         return resume_run(restarted, on_event, should_stop, dist)
+    lease = Lease() if dist.main else None
     path = None
-    if dist.main:
-        path = RunFolder.create(root, config, environment(device, dist, config)).path
+    if dist.main and restarted is not None:  # before any checkpoint: the same folder, from the start
+        lease.acquire(restarted)
+        config = load_run(restarted).config
+        RunFolder(restarted).set_status("running", restarted=now_iso(), restarts=distributed.restart_count())
+        path = restarted
+    elif dist.main:
+        path = RunFolder.create(root, config, environment(device, dist, config), lease).path
     path = Path(dist.broadcast(str(path) if path else None))
     folder = RunFolder(path, writes=dist.main)
-    return _run(folder, config, device, Control(on_event, should_stop), dist, resume=False)
+    return _run(folder, config, device, Control(on_event, should_stop), dist, resume=False, lease=lease)
 
 
 def resume_run(
@@ -135,19 +151,33 @@ def resume_run(
     should_stop: Callable[[], bool] = never,
     dist: Dist = SINGLE,
 ) -> Path:
-    """Continue a stopped or interrupted run from its last finished epoch (on any number of processes)."""
+    """Continue a stopped or interrupted run from its last finished epoch (on any number of processes).
+
+    Refused while another trainer holds the run (its lease is alive), naming that trainer."""
     run = load_run(run_dir)
-    if run.state == "completed":
-        raise RunError(f"{run.path}: already completed; start a new run to train more")
-    if not (run.path / "resume.safetensors").exists():
-        raise RunError(f"{run.path}: no resume checkpoint (it ended before its first epoch); start a new run")
-    device = dist.device(resolve_device(run.config.train.device))
+    lease = Lease() if dist.main else None
+    if lease is not None:
+        lease.acquire(run.path)  # first: a live run is refused whatever else is true of it
+    try:
+        if run.state == "completed":
+            raise RunError(f"{run.path}: already completed; start a new run to train more")
+        if not (run.path / "resume.safetensors").exists():
+            raise RunError(
+                f"{run.path}: no resume checkpoint (it ended before its first epoch); start a new run"
+            )
+        device = dist.device(resolve_device(run.config.train.device))
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
     folder = RunFolder(run.path, writes=dist.main)
     dist.barrier()  # every process has read the folder before rank 0 changes its status
-    folder.clear_stop()
     before = run.status.get("seconds") or sum(row.get("seconds", 0) for row in run.history)
-    folder.set_status("running", resumed=now_iso(), world_size=dist.world, seconds_before=round(before, 1))
-    return _run(folder, run.config, device, Control(on_event, should_stop), dist, resume=True)
+    restarts = {"restarts": distributed.restart_count()} if distributed.restart_count() else {}
+    folder.set_status(
+        "running", resumed=now_iso(), world_size=dist.world, seconds_before=round(before, 1), **restarts
+    )
+    return _run(folder, run.config, device, Control(on_event, should_stop), dist, resume=True, lease=lease)
 
 
 def _restarted_run(root: Path, dist: Dist) -> Path | None:
@@ -159,10 +189,36 @@ def _restarted_run(root: Path, dist: Dist) -> Path | None:
         me = _launcher()
         for run in list_runs(root):  # newest first
             if (run.environment.get("launcher") or {}) == me and run.state != "completed":
-                found = str(run.path) if (run.path / "resume.safetensors").exists() else None
+                found = str(run.path)
                 break
     found = dist.broadcast(found)
     return Path(found) if found else None
+
+
+class StopSignal:
+    """The caller's stop request or a ``stop.request`` file made after this session was launched.
+
+    The file is looked at twice a second at most: a stop is a human's click, and a ``stat`` per batch
+    is a system call on every step of a fast loop."""
+
+    def __init__(self, folder: RunFolder, asked: Callable[[], bool], since: float) -> None:
+        self.folder, self.asked, self.since = folder, asked, since
+        self._looked, self._filed = 0.0, False
+
+    def __call__(self) -> bool:
+        if self.asked():
+            return True
+        now = time.monotonic()
+        if not self._filed and now - self._looked >= 0.5:
+            self._looked, self._filed = now, self.folder.stop_requested(self.since)
+        return self._filed
+
+
+def _launched_at() -> float:
+    try:
+        return float(os.environ.get(LAUNCHED_AT, ""))
+    except ValueError:
+        return time.time()
 
 
 class _EventLog:
@@ -187,38 +243,48 @@ class _EventLog:
 
 
 def _run(
-    folder: RunFolder, config: RunConfig, device: torch.device, control: Control, dist: Dist, resume: bool
+    folder: RunFolder,
+    config: RunConfig,
+    device: torch.device,
+    control: Control,
+    dist: Dist,
+    resume: bool,
+    lease: Lease | None,
 ) -> Path:
     started = time.monotonic()
     log_events = _EventLog(folder, control.on_event, dist)
-    asked = control.should_stop
-    control = Control(log_events, lambda: asked() or folder.stop_requested())
-    log_events(Started(str(folder.path), resumed=resume))
+    control = Control(log_events, StopSignal(folder, control.should_stop, _launched_at()))
     try:
-        result = _train(folder, config, device, control, dist, resume)
-    except StopRequested:
+        log_events(Started(str(folder.path), resumed=resume))
+        try:
+            result = _train(folder, config, device, control, dist, resume)
+        except StopRequested:
+            folder.set_status(
+                "stopped",
+                finished=now_iso(),
+                note="stopped before the first epoch finished; nothing to keep",
+                reason="stop requested",
+            )
+            log_events(Finished("stopped", str(folder.path)))
+            return folder.path
+        except BaseException as error:
+            message = one_line(error)
+            folder.set_status("failed", finished=now_iso(), error=message)
+            log_events(Finished("failed", str(folder.path), error=message))
+            raise
+        status = "stopped" if result.stopped else "completed"
+        seconds = time.monotonic() - started
+        total = seconds + ((load_run(folder.path).status.get("seconds_before") or 0) if resume else 0)
+        fields = {"reason": "stop requested"} if result.stopped else {}
         folder.set_status(
-            "stopped",
-            finished=now_iso(),
-            note="stopped before the first epoch finished; nothing to keep",
-            reason="stop requested",
+            status, finished=now_iso(), seconds=round(total, 1), metrics=result.headline, **fields
         )
-        log_events(Finished("stopped", str(folder.path)))
+        log_events(Finished(status, str(folder.path), metrics=result.headline))
         return folder.path
-    except BaseException as error:
-        message = one_line(error)
-        folder.set_status("failed", finished=now_iso(), error=message)
-        log_events(Finished("failed", str(folder.path), error=message))
-        raise
     finally:
         folder.clear_stop()
-    status = "stopped" if result.stopped else "completed"
-    seconds = time.monotonic() - started
-    total = seconds + ((load_run(folder.path).status.get("seconds_before") or 0) if resume else 0)
-    fields = {"reason": "stop requested"} if result.stopped else {}
-    folder.set_status(status, finished=now_iso(), seconds=round(total, 1), metrics=result.headline, **fields)
-    log_events(Finished(status, str(folder.path), metrics=result.headline))
-    return folder.path
+        if lease is not None:  # last: until the final status is written the run is live
+            lease.release()
 
 
 def _learner(
@@ -249,6 +315,8 @@ class Events(Callback):
         self.control = control
 
     def after_batch(self, fit: Fit) -> None:
+        if fit.step == 1 and fit.epoch <= 1:
+            faults.point("first-epoch" if fit.epoch == 0 else "later-epoch")
         steps = fit.steps
         if steps > 20 and (fit.step % max(steps // 20, 1) == 0 or fit.step == steps):
             self.control.emit(Progress("training", fit.step, steps, f"epoch {fit.epoch + 1}"))
@@ -271,14 +339,22 @@ class Events(Callback):
 
 
 class Stop(Callback):
-    """A stop request ends the fit at the next batch boundary, on every process at the same one."""
+    """A stop request ends the fit at a batch boundary, on every process at the same one (one batch after
+    it was asked for when there are several: the processes agree on it without a host sync per step)."""
 
     def __init__(self, control: Control) -> None:
         self.control = control
+        self.vote: StopVote | None = None
+
+    def before_fit(self, fit: Fit) -> None:
+        self.vote = StopVote(fit.learner.dist)
 
     def before_batch(self, fit: Fit) -> None:
-        if fit.learner.dist.any(self.control.should_stop(), fit.learner.device):
+        if self.vote.ask(self.control.should_stop()):
             raise StopRequested()
+
+    def after_fit(self, fit: Fit) -> None:
+        self.vote.settle()  # no collective left in flight
 
 
 class GradualUnfreeze(Callback):
@@ -314,11 +390,11 @@ class Checkpoint(Callback):
             save_tensors(
                 self.folder.path / "resume.safetensors", tensors, metadata={"resume": json.dumps(meta)}
             )
+            faults.point("checkpoint")
             self.folder.write("history.json", history)
             self.folder.set_status("running", epoch=epoch, epochs=self.epochs)
 
-        self.thread = threading.Thread(target=write, name="posterlab-checkpoint", daemon=True)
-        self.thread.start()
+        self.thread = background.start(write, name="posterlab-checkpoint")
 
     def after_fit(self, fit: Fit) -> None:
         self.wait()
@@ -513,6 +589,7 @@ def _prepare(config: RunConfig, folder: RunFolder, control: Control, dist: Dist)
     """Read, clean, label and split (every process the same; rank 0 writes the split and a summary)."""
     control.emit(Message(f"reading posters from {config.data.path}"))
     control.emit(Progress("reading", 0, 0, "the posters and their labels"))
+    faults.point("scanning")
     if dist.active:  # each process opens its share of the images first, into the shared scan cache
         from posterlab.data.prepare import warm_scan
 
@@ -542,7 +619,9 @@ def _train(
     monitor = main_metric(rule, tc.monitor)  # before any long work: a wrong monitor fails here
     plan = make_plan(config, prepared, device, control, dist)
     plan.trainable.to(device)
-    seed_everything(tc.seed)  # again: extraction may or may not have run (and drawn random numbers)
+    # again: extraction may or may not have run (and drawn random numbers); each process its own stream
+    # for augmentation and dropout (the sampler's shuffle keeps the shared seed)
+    seed_everything(tc.seed + dist.seed_offset)
     train_rows = splits["train"][resample(y[splits["train"]], len(rule.labels), dc.balance, dc.seed)]
     weights = loss_weights(y[splits["train"]], len(rule.labels)) if dc.balance == "weights" else None
     criterion = Criterion.for_target(rule.multilabel, tc.loss, weights, tc.label_smoothing).to(device)
@@ -596,6 +675,8 @@ def _finish(
     for name in ("val", "test"):
         results[name] = predict(learner, plan.inputs(splits[name], False), max(tc.batch_size, 64), tc.amp)
         control.emit(Progress("evaluating", len(results), 2))
+        if name == "val":
+            faults.point("evaluating")
     prior = one_hot(labelled.y, rule)[splits["train"]].mean(axis=0)
     thresholds = (
         tune_thresholds(one_hot(results["val"][1], rule), results["val"][0]) if rule.multilabel else None

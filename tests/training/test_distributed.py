@@ -188,7 +188,8 @@ def test_two_processes_learn_what_one_does_stop_on_every_rank_and_resume_on_one(
     )
     assert two.metrics["labels"] == one.metrics["labels"]
     first_two, first_one = two.history[0], one.history[0]
-    assert abs(first_two["val_map"] - first_one["val_map"]) <= 0.02
+    # rank 0 draws augmentation and dropout as the single process does, rank 1 its own stream: close, not equal
+    assert abs(first_two["val_map"] - first_one["val_map"]) <= 0.03
     assert first_two["train_loss"] == pytest.approx(first_one["train_loss"], rel=0.05)
 
     resume_run(run_dir)  # a different number of processes than it started with
@@ -229,30 +230,56 @@ def test_two_machines_on_loopback(cluster):
     assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
 
 
-def test_a_killed_worker_costs_an_epoch_not_the_run(cluster):
-    """SIGKILL one worker after the first epoch: torchrun (--max-restarts 1) restarts the group, which
-    resumes from the last finished epoch; the run completes and loads, and its history shows the restart."""
-    config = _config("elastic", epochs=4, limit=200)
-    run_dir = cluster["checkpoints"] / "elastic"
+@pytest.mark.parametrize(
+    ("phase", "mode"),
+    [("first-epoch", "full"), ("later-epoch", "full"), ("extracting", "probe")],
+)
+def test_a_killed_worker_costs_at_most_its_phase(cluster, phase, mode):
+    """SIGKILL of rank 1 (posterlab.faults) before any checkpoint, after one, or in the middle of a probe's
+    extraction: torchrun (--max-restarts 1) restarts the group, which carries on in the same folder (from the
+    start, or from the last finished epoch); the run completes and loads, at most one epoch is repeated, and
+    the history shows the restart."""
+    config = _config(f"killed-{phase}", epochs=3, mode=mode, limit=120)
+    run_dir = cluster["checkpoints"] / config.name
+    cluster["env"]["POSTERLAB_FAULT"] = f"{phase}@1"
     process = _launch(
         cluster,
         ["--config", str(_config_file(cluster, config)), "--out", str(run_dir), "-q"],
-        log="elastic",
+        log=phase,
         max_restarts=1,
     )
-    _wait_for(
-        lambda: (run_dir / "history.json").exists() and (run_dir / "resume.safetensors").exists(),
-        what="the first epoch's checkpoint",
-    )
-    victim = _rank_pid(process.pid, rank=1)
-    os.kill(victim, signal.SIGKILL)
-    _finish(cluster, process, log="elastic")
+    _finish(cluster, process, log=phase)
+    output = (cluster["tmp"] / f"{phase}.log").read_text()
+    assert "SIGKILL" in output or "-9" in output, output[-3000:]  # the kill happened
     run = load_run(run_dir)
-    assert run.state == "completed" and [row["epoch"] for row in run.history] == [1, 2, 3, 4]
-    assert max(row["session"] for row in run.history) >= 1  # epochs after the restart belong to a new session
+    assert run.state == "completed" and [row["epoch"] for row in run.history] == [1, 2, 3]
+    sessions = [row["session"] for row in run.history]
+    assert sessions == (
+        [0, 1, 1] if phase == "later-epoch" else [0, 0, 0]
+    )  # restarted from scratch: session 0
+    assert json.loads((run_dir / "status.json").read_text())["restarts"] == 1
+    assert not (run_dir / "lease.json").exists()  # the folder was given up at the end
     from posterlab.inference import Predictor
 
     assert Predictor(run_dir).labels == tuple(run.metrics["labels"])
+
+
+def test_a_stop_pressed_before_a_torchrun_job_started_is_not_lost(cluster, monkeypatch):
+    """The Train page's Stop, clicked before the torchrun workers reported ``Started``: the request waits
+    in the run folder and the job ends stopped at its first check, on every rank."""
+    from posterlab.training.manager import TrainingManager
+
+    for key, value in cluster["env"].items():
+        monkeypatch.setenv(key, value)
+    manager = TrainingManager(cluster["checkpoints"])
+    manager.start(_config("early-stop", epochs=3), processes=2)
+    manager.stop()  # at once: the processes are not even started
+    manager.join(timeout=300)
+    snapshot = manager.snapshot()
+    assert snapshot.status == "stopped" and not snapshot.history, snapshot
+    run = load_run(cluster["checkpoints"] / "early-stop")
+    assert run.state == "stopped" and run.status["reason"] == "stop requested"
+    assert not (run.path / "stop.request").exists() and not (run.path / "lease.json").exists()
 
 
 def _pids() -> list[int]:
@@ -288,13 +315,41 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_the_shorthand_relaunches_under_torchrun(cluster, monkeypatch):
-    """``posterlab train --nproc-per-node 2`` builds the torchrun command (the same flags, minus its own)."""
-    from posterlab.launch import strip_launch_flags
+def test_the_shorthand_relaunches_under_torchrun(tmp_path, monkeypatch):
+    """``posterlab train --nproc-per-node 2 ...`` runs ``relaunch``: torchrun with the same run handed over
+    as a config file and a run folder named before launching, a rendezvous id of its own on one machine, a
+    fresh store per restart and the launch time (a Stop asked for before the workers start is kept)."""
+    from posterlab import cli, launch
 
-    argv = ["--data", "sample", "--nproc-per-node", "2", "--max-restarts=1", "--epochs", "2"]
-    assert strip_launch_flags(argv) == ["--data", "sample", "--epochs", "2"]
-    command = torchrun_command(["--data", "sample"], 2, max_restarts=1)
+    seen = {}
+
+    class FakeTorchrun:
+        def __init__(self, command, env):
+            config = Path(command[command.index("--config") + 1])
+            seen.update(command=command, env=env, config=json.loads(config.read_text()))
+            self.returncode = 0
+
+        def wait(self):
+            return 0
+
+        def send_signal(self, signum):
+            raise AssertionError("no signal expected")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeTorchrun)
+    monkeypatch.setenv("POSTERLAB_CHECKPOINTS", str(tmp_path))
+    argv = ["train", "--data", "sample", "--genres", "4", "--epochs", "2", "--nproc-per-node", "2"]
+    assert cli.main([*argv, "--max-restarts=1", "--name", "short"]) == 0
+    command, env = seen["command"], seen["env"]
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert "--nproc-per-node" in command and command[-4:] == ["posterlab", "train", "--data", "sample"]
+    assert (
+        command[command.index("--nproc-per-node") + 1] == "2"
+        and command[command.index("--max-restarts") + 1] == "1"
+    )
+    assert (
+        command[command.index("--rdzv-id") + 1] == "short"
+    )  # not the shared default: the lease tells jobs apart
     assert any(part.startswith("127.0.0.1:") for part in command)  # one machine: rendezvous on loopback
+    assert command[command.index("--out") + 1] == str(tmp_path / "short")
+    assert "--nproc-per-node" not in command[command.index("posterlab") :]  # the workers do not relaunch
+    assert seen["config"]["train"]["epochs"] == 2 and seen["config"]["data"]["labels"]["top_n"] == 4
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and float(env["POSTERLAB_LAUNCHED_AT"]) > 0

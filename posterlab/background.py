@@ -1,0 +1,49 @@
+"""Background threads that end before the interpreter does.
+
+A daemon thread still inside native code (torch, ONNX Runtime, safetensors) when Python finalizes is cut
+off where it stands, and C++ answers with ``terminate called without an active exception`` (exit 134).
+Every long-lived thread posterlab starts goes through ``start``: at exit each is asked to stop (when it
+can be) and joined, after the main thread finished and before finalization.
+
+The registry is process-wide on purpose: threads are.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+JOIN_AT_EXIT_S = 120.0  # a stop is honoured at a batch or chunk boundary; a model loads in seconds
+
+_lock = threading.Lock()
+_threads: list[tuple[threading.Thread, Callable[[], None] | None]] = []
+
+
+def start(target: Callable, *args, name: str, stop: Callable[[], None] | None = None) -> threading.Thread:
+    """Start ``target(*args)`` in a daemon thread that is stopped (``stop``) and joined at exit."""
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    with _lock:
+        _threads[:] = [(t, s) for t, s in _threads if t.is_alive()]
+        _threads.append((thread, stop))
+    thread.start()
+    return thread
+
+
+@atexit.register
+def _drain() -> None:
+    import time
+
+    with _lock:
+        live = [(t, s) for t, s in _threads if t.is_alive()]
+    for _, stop in live:
+        if stop is not None:
+            stop()
+    deadline = time.monotonic() + JOIN_AT_EXIT_S
+    for thread, _ in live:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("%s still running at exit", thread.name)
