@@ -42,10 +42,6 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def bytes_digest(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
 def load_image(
     source: str | Path | bytes | Image.Image, name: str | None = None, draft: int | None = None
 ) -> LoadedImage:

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
-from PIL import Image, ImageDraw
 
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "template": "plotly_white"}
 PALETTE = px.colors.qualitative.D3 + px.colors.qualitative.Set2 + px.colors.qualitative.Pastel1
@@ -222,22 +221,3 @@ def feature_maps(maps: np.ndarray, title: str) -> go.Figure:
     figure = px.imshow(grid, color_continuous_scale="Viridis", title=title)
     figure.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
     return figure.update_layout(coloraxis_showscale=False, **_LAYOUT)
-
-
-def poster_grid(
-    images: list[Image.Image], captions: list[str], columns: int = 6, width: int = 160
-) -> Image.Image:
-    """Posters (or overlays) in a grid with a caption under each, as one image."""
-    if not images:
-        return Image.new("RGB", (width, 40), (255, 255, 255))
-    cells = [im.convert("RGB").resize((width, max(1, round(im.height * width / im.width)))) for im in images]
-    cell_h = max(c.height for c in cells) + 30
-    rows = math.ceil(len(cells) / columns)
-    canvas = Image.new("RGB", (columns * (width + 8), rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for i, (cell, caption) in enumerate(zip(cells, captions, strict=True)):
-        r, c = divmod(i, columns)
-        x, y = c * (width + 8), r * cell_h
-        canvas.paste(cell, (x, y))
-        draw.text((x + 2, y + cell.height + 4), caption[:30], fill=(20, 20, 20))
-    return canvas

@@ -458,9 +458,8 @@ def fit(
     _run(callbacks, "before_fit", current)
     try:
         for current.epoch in range(state.epoch, config.epochs):
-            if (
-                config.patience and state.bad_epochs >= config.patience
-            ):  # also a run resumed after it stopped early
+            # patience before the epoch, not after: a run resumed after it stopped early stays stopped
+            if config.patience and state.bad_epochs >= config.patience:
                 break
             started = time.monotonic()
             schedule.step(current.epoch)

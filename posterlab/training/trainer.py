@@ -351,6 +351,8 @@ class Stop(Callback):
 
     def before_batch(self, fit: Fit) -> None:
         if self.vote.ask(self.control.should_stop()):
+            where = "validation" if fit.step == fit.steps else f"batch {fit.step} of {fit.steps}"
+            self.control.emit(Message(f"stop honoured in epoch {fit.epoch + 1}, {where}"))
             raise StopRequested()
 
     def after_fit(self, fit: Fit) -> None:
