@@ -16,9 +16,10 @@ small CNN on the embedded sample, 3 epochs; ``probe`` for the extraction phase, 
          page-thread  the Train page's Stop (``TrainingManager.stop``) when the run reports the phase
          page-torchrun the same for a torchrun job, and once before the job has started
 
-A cell's outcome: the final state, the epochs in the history, epochs trained twice, whether what is left
-can be resumed (or had nothing to keep), the stop latency (Stop → the run's end) where there is one.
-Every cell must end completed, or stopped and resumable (or stopped with nothing to keep before epoch 1).
+A cell's outcome: the state the fault left (``before resume``), then the state after ``posterlab train
+--resume`` where it was not completed (a run stopped or killed before its first checkpoint starts over in
+its folder), the epochs in the history, epochs trained twice, the stop latency (Stop → the run's end)
+where there is one. Every cell must end completed with at most one epoch trained twice.
 
     python benchmarks/faults.py                 # the whole matrix, ~15-25 min on 2 cores
     python benchmarks/faults.py --only kill --launchers torchrun
@@ -45,6 +46,8 @@ from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig, to
 from posterlab.faults import PHASES  # noqa: E402
 from posterlab.launch import torchrun_command, worker_environment  # noqa: E402
 from posterlab.runs import LEASE_STALE_S, load_run  # noqa: E402
+
+CELL = ["-"]  # the cell being run: its own cache folder
 
 # what a page Stop waits to see before it is clicked, per phase (the Train page shows the same snapshot)
 PAGE_STAGE = {
@@ -78,23 +81,20 @@ def config(name: str, phase: str) -> RunConfig:
 def outcome(run_dir: Path, stop_s: float | None = None) -> dict:
     run = load_run(run_dir)
     epochs = [row["epoch"] for row in run.history]
-    keeps = (run_dir / "resume.safetensors").exists()
-    nothing = run.state == "stopped" and not run.history
     return {
         "state": run.state,
         "epochs": epochs,
         "repeated": len(epochs) - len(set(epochs)),
         "restarts": run.status.get("restarts", 0),
-        "resumable": keeps or run.state == "completed" or nothing,
         "stop_latency_s": None if stop_s is None else round(stop_s, 2),
-        "ok": run.state == "completed" or (run.state in ("stopped", "failed") and (keeps or nothing)),
+        "ok": run.state == "completed" and len(epochs) - len(set(epochs)) <= 1,
     }
 
 
 def env_for(work: Path, **extra: str) -> dict:
     return {
         **worker_environment(True),
-        "POSTERLAB_CACHE_DIR": str(work / "cache"),
+        "POSTERLAB_CACHE_DIR": str(work / "cache" / CELL[0]),  # each cell extracts for itself
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         **extra,
@@ -138,7 +138,7 @@ def cli_cell(work: Path, phase: str, fault: str) -> dict:
         resume(run_dir, env_for(work))
         return cell | outcome(run_dir)
     state = load_run(run_dir).state
-    if state == "stopped" and (run_dir / "resume.safetensors").exists():
+    if state != "completed":
         cell["stopped_at_epoch"] = len(load_run(run_dir).history)
         resume(run_dir, env_for(work))  # resumable in fact, not only on paper
     return (
@@ -157,7 +157,7 @@ def torchrun_cell(work: Path, phase: str, fault: str) -> dict:
     process = subprocess.run(command, env=env, capture_output=True, timeout=900)
     state = load_run(run_dir).state
     cell = {"exit": process.returncode, "before_resume": state}
-    if fault == "stop" and state == "stopped" and (run_dir / "resume.safetensors").exists():
+    if state != "completed":
         resume(run_dir, env_for(work))
     return cell | outcome(run_dir)
 
@@ -196,7 +196,7 @@ def page_cell(work: Path, phase: str, fault: str, processes: int) -> dict:
     finally:
         os.environ.clear()
         os.environ.update(previous)
-    if state != "completed" and (run_dir / "resume.safetensors").exists():
+    if state != "completed":
         resume(run_dir, env_for(work))
     return cell | outcome(run_dir, stop_s)
 
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 if fault == "stop" and launcher.startswith("page") and phase == "checkpoint":
                     continue  # a click cannot be timed inside a file write; the cli and torchrun rows cover it
                 started = time.monotonic()
+                CELL[0] = f"{fault}-{phase}-{launcher}"
                 try:
                     if launcher == "cli":
                         cell = cli_cell(work, phase, fault)

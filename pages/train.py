@@ -555,14 +555,15 @@ def saved_run(folder: Path, run: Run) -> None:
         st.caption(f"Training in process {owner['pid']} on {owner['host']}; its heartbeat keeps it live.")
     if run.state == "stopped":
         st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
-    if run.state in ("stopped", "failed") and (run.path / "resume.safetensors").exists():
+    interrupted = run.state == "failed" and str(status.get("error", "")).startswith("interrupted")
+    if run.state in ("stopped", "failed") and ((run.path / "resume.safetensors").exists() or interrupted):
         st.button(
             "Resume",
             icon=":material/resume:",
             on_click=resume,
             args=(folder, run.path, 1),
             key="train_resume",
-            help="Continue from its last finished epoch.",
+            help="Continue from its last finished epoch (from the start, in this folder, if none finished).",
         )
     test = (run.metrics or {}).get("test", {})
     shown = headline(run.metrics.get("task", "") if run.metrics else "", test.get("metrics", {}))

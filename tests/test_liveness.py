@@ -112,6 +112,27 @@ def test_a_stop_asked_for_before_the_session_counts_only_when_it_is_newer_than_t
     assert StopSignal(folder, lambda: False, since=time.time() - 5)()
 
 
+def test_a_command_line_run_killed_before_its_first_checkpoint_reads_interrupted_and_resumes(tmp_path):
+    """SIGKILL (posterlab.faults) a batch into epoch 1 of ``posterlab train``: the run reads as interrupted at
+    once (its process is gone), and ``--resume`` starts it over in the same folder and completes it."""
+    run_dir = tmp_path / "killed"
+    train = [sys.executable, "-m", "posterlab", "train", "--data", "sample", "--genres", "4", "--limit", "80"]
+    train += ["--backbone", "posterlab_small_cnn", "--no-pretrained", "--mode", "full", "--epochs", "2"]
+    train += ["--num-workers", "0", "--out", str(run_dir), "-q"]
+    killed = subprocess.run(
+        train, env={**os.environ, "POSTERLAB_FAULT": "first-epoch"}, cwd=ROOT, timeout=600
+    )
+    assert killed.returncode == -9
+    run = load_run(run_dir)
+    assert run.state == "failed" and run.status["error"].startswith("interrupted")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "posterlab", "train", "--resume", str(run_dir), "-q"], cwd=ROOT, timeout=600
+    )
+    assert resumed.returncode == 0
+    run = load_run(run_dir)
+    assert run.state == "completed" and [row["epoch"] for row in run.history] == [1, 2]
+
+
 # ------------------------------------------------------------------------------------ collectives
 
 

@@ -129,16 +129,11 @@ def train_run(
     device = dist.device(resolve_device(config.train.device))
     root = Path(checkpoints or settings.checkpoints_dir())
     restarted = _restarted_run(root, dist)
-    if restarted is not None and (restarted / "resume.safetensors").exists():
+    if restarted is not None:
         return resume_run(restarted, on_event, should_stop, dist)
     lease = Lease() if dist.main else None
     path = None
-    if dist.main and restarted is not None:  # before any checkpoint: the same folder, from the start
-        lease.acquire(restarted)
-        config = load_run(restarted).config
-        RunFolder(restarted).set_status("running", restarted=now_iso(), restarts=distributed.restart_count())
-        path = restarted
-    elif dist.main:
+    if dist.main:
         path = RunFolder.create(root, config, environment(device, dist, config), lease).path
     path = Path(dist.broadcast(str(path) if path else None))
     folder = RunFolder(path, writes=dist.main)
@@ -151,9 +146,9 @@ def resume_run(
     should_stop: Callable[[], bool] = never,
     dist: Dist = SINGLE,
 ) -> Path:
-    """Continue a stopped or interrupted run from its last finished epoch (on any number of processes).
-
-    Refused while another trainer holds the run (its lease is alive), naming that trainer."""
+    """Continue a stopped or interrupted run from its last finished epoch (on any number of processes);
+    one that ended before its first checkpoint starts over in its folder with its own config (whatever it
+    had extracted is in the cache). Refused while another trainer holds the run (its lease is alive)."""
     run = load_run(run_dir)
     lease = Lease() if dist.main else None
     if lease is not None:
@@ -161,27 +156,30 @@ def resume_run(
     try:
         if run.state == "completed":
             raise RunError(f"{run.path}: already completed; start a new run to train more")
-        if not (run.path / "resume.safetensors").exists():
-            raise RunError(
-                f"{run.path}: no resume checkpoint (it ended before its first epoch); start a new run"
-            )
         device = dist.device(resolve_device(run.config.train.device))
     except BaseException:
         if lease is not None:
             lease.release()
         raise
     folder = RunFolder(run.path, writes=dist.main)
+    checkpoint = (run.path / "resume.safetensors").exists()
     dist.barrier()  # every process has read the folder before rank 0 changes its status
     before = run.status.get("seconds") or sum(row.get("seconds", 0) for row in run.history)
     restarts = {"restarts": distributed.restart_count()} if distributed.restart_count() else {}
     folder.set_status(
-        "running", resumed=now_iso(), world_size=dist.world, seconds_before=round(before, 1), **restarts
+        "running",
+        resumed=now_iso(),
+        world_size=dist.world,
+        seconds_before=round(before, 1) if checkpoint else 0,
+        **restarts,
     )
-    return _run(folder, run.config, device, Control(on_event, should_stop), dist, resume=True, lease=lease)
+    control = Control(on_event, should_stop)
+    return _run(folder, run.config, device, control, dist, resume=checkpoint, lease=lease)
 
 
 def _restarted_run(root: Path, dist: Dist) -> Path | None:
-    """After torchrun restarted the group: the unfinished run the same launcher was training."""
+    """After torchrun restarted the group: the unfinished run the same launcher was training (resumed from
+    its last finished epoch, or from the start in the same folder when none had finished)."""
     if not dist.active or distributed.restart_count() == 0:
         return None
     found = None
