@@ -1,0 +1,137 @@
+"""Searches on Optuna: a study in the run folder that resumes, and one study shared by two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
+from posterlab.errors import ConfigError
+from posterlab.events import Progress
+from posterlab.runs import load_run
+from posterlab.training.search import OWN_STUDY, STUDY_FILE
+from posterlab.training.trainer import resume_run, train_run
+from tests.conftest import LITE0
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _search(name: str, **train) -> RunConfig:
+    values = {
+        "backbone": LITE0,
+        "pretrained": False,
+        "mode": "probe",
+        "epochs": 3,
+        "flip_views": False,
+        "search_trials": 6,
+        **train,
+    }
+    return RunConfig(DataConfig(path="sample", labels=LabelConfig(top_n=4)), TrainConfig(**values), name=name)
+
+
+def _study(path: Path, name: str = OWN_STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return study.get_trials(states=states)
+
+
+def test_random_search_records_its_study_and_config(runs_root):
+    """``--sampler random --pruner none`` is seed 001's method: every trial complete, the configuration
+    given is trial 0, the best trial's parameters are the run's; config.json records how it searched."""
+    path = train_run(_search("random-search", search_sampler="random", search_pruner="none"), runs_root)
+    run = load_run(path)
+    assert run.state == "completed"
+    recorded = json.loads((path / "config.json").read_text())["run"]["train"]
+    assert recorded["search_sampler"] == "random" and recorded["search_pruner"] == "none"
+    assert recorded["search_trials"] == 6 and recorded["search_storage"] == ""
+    study = _study(path / STUDY_FILE)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    assert study.trials[0].params == {"lr": 1e-3, "dropout": 0.2, "weight_decay": 1e-4}
+    table = json.loads((path / "search.json").read_text())
+    assert [row["trial"] for row in table] == list(range(6))
+    assert run.model["hyper"] == study.best_trial.params
+    assert max(row["map"] for row in table) == pytest.approx(study.best_value)
+    # every trial drew its own parameters (the seeded sampler moves on)
+    assert len({row["lr"] for row in table}) == 6
+
+
+def test_stopped_search_resumes_from_its_study(runs_root):
+    """A stop during the search keeps the finished trials; ``resume_run`` continues the same study to its
+    budget (the interrupted trial first) and then trains the best configuration."""
+    events: list = []
+
+    def should_stop() -> bool:  # after two trials have finished
+        return sum(isinstance(e, Progress) and e.stage == "searching" for e in events) >= 2
+
+    config = _search("stopped-search", search_trials=5, search_pruner="none")
+    path = train_run(config, runs_root, on_event=events.append, should_stop=should_stop)
+    assert load_run(path).state == "stopped" and not (path / "search.json").exists()
+    study = _study(path / STUDY_FILE)
+    before = {t.number: t.params for t in _finished(study)}
+    assert len(before) == 2
+    requeued = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(requeued) == 1  # the trial the stop interrupted, queued to run first
+
+    path = resume_run(path)
+    run = load_run(path)
+    assert run.state == "completed"
+    study = _study(path / STUDY_FILE)
+    finished = _finished(study)
+    assert len(finished) == 5
+    assert {t.number: t.params for t in finished if t.number in before} == before
+    assert requeued[0].system_attrs["fixed_params"] in [t.params for t in finished]
+    assert run.model["hyper"] == study.best_trial.params
+
+
+def _worker(out: Path, storage: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "posterlab", "train", "--data", "sample", "--genres", "4"]
+    args += ["--backbone", LITE0, "--no-pretrained", "--mode", "probe", "--epochs", "3", "--no-flip-views"]
+    args += ["--search", "8", "--folds", "2", "--storage", storage, "--study", "shared", "--quiet"]
+    args += ["--out", str(out)]
+    return subprocess.Popen(args, env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    """Two real processes on one SQLite-backed study finish its 8 trials between them, no trial twice,
+    and each ends with a run folder trained on the study's best configuration."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [_worker(tmp_path / name, storage) for name in ("a", "b")]
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = _finished(study)
+    assert len(finished) == 8
+    assert len({t.number for t in finished}) == 8
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 8  # no parameters drawn twice
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
+    for name in ("a", "b"):
+        run = load_run(tmp_path / name)
+        assert run.state == "completed" and run.model["hyper"] == study.best_trial.params
+        assert len(json.loads((tmp_path / name / "search.json").read_text())) == 8
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: TrainConfig(search_trials=4, search_storage="sqlite:///x.db"),
+            "--storage and --study go together",
+        ),
+        (lambda: TrainConfig(search_storage="sqlite:///x.db", search_study="s"), "add --search N"),
+        (lambda: TrainConfig(search_sampler="grid"), "search_sampler"),
+    ],
+)
+def test_search_settings_are_checked(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
