@@ -31,8 +31,10 @@ from posterlab.evaluation import figures
 from posterlab.evaluation.metrics import headline
 from posterlab.models.registry import BACKBONES
 from posterlab.models.weights import weights_file
-from posterlab.runs import Run, list_runs
+from posterlab.runs import Run, list_runs, load_run
+from posterlab.training.study import search_unfinished
 from workbench import state, through_app
+from workbench.search import search_controls, study_panel
 from workbench.widgets import (
     STATUS_ICONS,
     augment_controls,
@@ -152,6 +154,8 @@ def live(was_running: bool) -> None:
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
         _outcome(snapshot)
+        if snapshot.run_dir and (Path(snapshot.run_dir) / "config.json").exists():
+            study_panel(Path(snapshot.run_dir), load_run(snapshot.run_dir).config, "train_live_study")
         if snapshot.history:
             history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
         if snapshot.messages:
@@ -426,22 +430,6 @@ def _run_settings(column) -> dict:
             key="train_dtype",
             **REMEMBER,
         ),
-        "search_trials": int(
-            column.number_input(
-                "Random-search trials",
-                0,
-                100,
-                d.search_trials,
-                key="train_trials",
-                help=describe(TrainConfig, "search_trials"),
-                **REMEMBER,
-            )
-        ),
-        "search_folds": int(
-            column.number_input(
-                "Folds per trial (0: validation split)", 0, 10, d.search_folds, key="train_folds", **REMEMBER
-            )
-        ),
     }
 
 
@@ -452,6 +440,8 @@ def more_settings(mode: str, labels: LabelConfig | None) -> dict:
         c1, c2, c3, c4 = st.columns(4)
         values = _optimisation_settings(c1, mode) | _loss_settings(c2, watched)
         values |= _finetune_settings(c3, mode) | _run_settings(c4)
+    with st.expander("Search (Optuna: lr, dropout, weight decay)"):
+        values |= search_controls(DEFAULTS)
     with st.expander("Augmentation (image modes: finetune and full)"):
         values["augment"] = augment_controls("train_aug")
     return values
@@ -552,7 +542,8 @@ def saved_run(folder: Path, run: Run) -> None:
         st.error(status.get("error") or "failed without a message", icon=":material/error:")
     if run.state == "stopped":
         st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
-    if run.state in ("stopped", "failed") and (run.path / "resume.safetensors").exists():
+    resumable = (run.path / "resume.safetensors").exists() or search_unfinished(run.config.train, run.path)
+    if run.state in ("stopped", "failed") and resumable:
         st.button(
             "Resume",
             icon=":material/resume:",
@@ -575,6 +566,7 @@ def saved_run(folder: Path, run: Run) -> None:
             )
     if run.history:
         history_charts(run.name, run.history, "train_saved", (run.metrics or {}).get("loss", ""))
+    study_panel(run.path, run.config, "train_saved_study", on_start=lambda config: start(folder, config, 1))
 
 
 def runs_section(folder: Path) -> None:

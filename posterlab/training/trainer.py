@@ -62,6 +62,7 @@ from posterlab.training.loop import (
 )
 from posterlab.training.plan import Plan, make_plan
 from posterlab.training.search import SearchInputs, search, set_dropout
+from posterlab.training.study import search_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,7 @@ def resume_run(
     run = load_run(run_dir)
     if run.state == "completed":
         raise RunError(f"{run.path}: already completed; start a new run to train more")
-    searching = run.config.train.search_trials and not (run.path / "search.json").exists()
-    if not searching and not (run.path / "resume.safetensors").exists():
+    if not search_unfinished(run.config.train, run.path) and not (run.path / "resume.safetensors").exists():
         raise RunError(f"{run.path}: no resume checkpoint (it ended before its first epoch); start a new run")
     device = dist.device(resolve_device(run.config.train.device))
     folder = RunFolder(run.path, writes=dist.main)

@@ -15,7 +15,7 @@ from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
 from posterlab.errors import ConfigError
 from posterlab.events import Progress
 from posterlab.runs import load_run
-from posterlab.training.search import OWN_STUDY, STUDY_FILE
+from posterlab.training.study import OWN_STUDY, STUDY_FILE
 from posterlab.training.trainer import resume_run, train_run
 from tests.conftest import LITE0
 
