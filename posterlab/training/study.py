@@ -78,8 +78,9 @@ def storage(url: str) -> optuna.storages.RDBStorage:
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except (ImportError, ModuleNotFoundError) as error:
+        missing = error.name or (str(error).strip().splitlines() or ["a module"])[0]
         raise ConfigError(
-            f"--storage {shown_url(url)}: its database driver is missing ({error.name}); "
+            f"--storage {shown_url(url)}: its database driver is missing ({missing}); "
             "pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)"
         ) from None
     except Exception as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from posterlab.runs import load_run
 from posterlab.training.study import OWN_STUDY, STUDY_FILE
 from posterlab.training.trainer import resume_run, train_run
 from tests.conftest import LITE0
+from tests.training.test_distributed import cluster  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,3 +137,42 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
 def test_search_settings_are_checked(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_a_search_under_torchrun_trains_every_trial_on_both_ranks(cluster):  # noqa: F811
+    """Under torchrun rank 0 alone talks to the study and hands each trial (and each prune verdict) to
+    rank 1, which trains in step: the job completes with the study's trials, and rank 1 wrote nothing
+    but cache entries (no second study, no run files)."""
+    from tests.training.test_distributed import (
+        _config,
+        _config_file,
+        _finish,
+        _launch,
+        _outside,
+        _written_by_rank,
+    )
+
+    config = _config("torchrun-search", epochs=2, limit=80)
+    config = RunConfig(config.data, dataclasses.replace(config.train, search_trials=3), name=config.name)
+    process = _launch(cluster, ["--config", str(_config_file(cluster, config)), "-q"], nproc=2, log="search")
+    _finish(cluster, process, log="search")
+    run_dir = cluster["checkpoints"] / "torchrun-search"
+    run = load_run(run_dir)
+    assert run.state == "completed" and run.environment["world_size"] == 2
+    study = _study(run_dir / STUDY_FILE)
+    assert len(_finished(study)) == 3
+    assert run.model["hyper"] == study.best_trial.params
+    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+
+
+def test_a_storage_without_its_driver_names_the_fix():
+    from posterlab.training.study import storage
+
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("psycopg2 is installed here")
+    with pytest.raises(ConfigError, match="database driver is missing.*pip install psycopg2-binary"):
+        storage("postgresql://bench@127.0.0.1/posterlab")
