@@ -44,6 +44,7 @@ from posterlab.training.study import (
     HYPER,
     alive_trials,
     best_params,
+    fail_orphans,
     fail_stale,
     finished_trials,
     open_study,
@@ -249,6 +250,7 @@ def _optimize(study: optuna.Study, trials: _Trials, config: TrainConfig, control
             study.optimize(objective, callbacks=[after_trial], catch=(_Surplus,), gc_after_trial=False)
         # trials other processes still run (or queued again after a process died) decide the best too
         fail_stale(study)
+        fail_orphans(study)
         running = running_trials(study)
         if (
             len(finished_trials(study)) + len(running) < budget

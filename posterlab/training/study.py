@@ -287,3 +287,25 @@ def fail_stale(study: optuna.Study) -> None:
 
     with _quiet_experimental():
         fail_stale_trials(study)
+
+
+def fail_orphans(study: optuna.Study, after_s: float = 2 * GRACE_S) -> None:
+    """Fail (and queue again) trials that went RUNNING but whose process died before the objective began:
+    Optuna's staleness needs a heartbeat, and such a trial has none, so it would stay RUNNING for ever
+    and keep every worker waiting. The objective marks its trial with ``worker`` first thing."""
+    from datetime import datetime
+
+    from optuna.trial import TrialState
+
+    now = datetime.now()  # Optuna stores local naive times
+    for trial in running_trials(study):
+        started = trial.datetime_start
+        if "worker" in trial.user_attrs or started is None or (now - started).total_seconds() < after_s:
+            continue
+        fixed = trial.system_attrs.get("fixed_params") or trial.params
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):  # it finished (or was failed by another worker) meanwhile
+            continue
+        if fixed:
+            study.enqueue_trial(fixed, user_attrs={"requeued_from": trial.number})

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -94,12 +95,12 @@ def test_stopped_search_resumes_from_its_study(runs_root):
     assert run.model["hyper"] == study.best_trial.params
 
 
-def _worker(out: Path, storage: str) -> subprocess.Popen:
+def _worker(out: Path, storage: str, trials: int = 8, epochs: int = 3) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "posterlab", "train", "--data", "sample", "--genres", "4"]
-    args += ["--backbone", LITE0, "--no-pretrained", "--mode", "probe", "--epochs", "3", "--no-flip-views"]
-    args += ["--search", "8", "--folds", "2", "--storage", storage, "--study", "shared", "--quiet"]
-    args += ["--out", str(out)]
+    args += ["--backbone", LITE0, "--no-pretrained", "--mode", "probe", "--epochs", str(epochs)]
+    args += ["--no-flip-views", "--patience", "0", "--search", str(trials), "--folds", "2"]
+    args += ["--storage", storage, "--study", "shared", "--quiet", "--out", str(out)]
     return subprocess.Popen(args, env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -121,6 +122,52 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
         run = load_run(tmp_path / name)
         assert run.state == "completed" and run.model["hyper"] == study.best_trial.params
         assert len(json.loads((tmp_path / name / "search.json").read_text())) == 8
+
+
+def test_a_killed_workers_trial_is_run_again_by_another(tmp_path):
+    """A worker killed mid-trial leaves a RUNNING trial whose heartbeat stops: once it is stale (30 s), the
+    next worker marks it failed and runs its parameters again, and the study still ends with its trials."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = _worker(tmp_path / "a", storage, trials=3, epochs=12)
+    deadline = time.monotonic() + 240
+    running = []
+    while not running:
+        assert time.monotonic() < deadline and first.poll() is None, "no trial started"
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="shared", storage=storage)
+        except KeyError:  # not created yet
+            continue
+        # a trial under way (its objective has begun: the heartbeat is recorded from then on)
+        running = [t for t in study.get_trials() if t.state.name == "RUNNING" and "worker" in t.user_attrs]
+    first.kill()
+    first.communicate()
+    killed = running[0]
+    second = _worker(tmp_path / "b", storage, trials=3, epochs=12)
+    _, err = second.communicate(timeout=400)
+    assert second.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert study.trials[killed.number].state.name == "FAIL"
+    finished = _finished(study)
+    assert len(finished) == 3
+    retried = [t for t in finished if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params
+
+
+def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
+    """A process that dies between taking a trial and starting it leaves no heartbeat, so Optuna never
+    calls the trial stale: posterlab fails it after twice the grace period and queues its parameters."""
+    from posterlab.training.study import fail_orphans, storage
+
+    study = optuna.create_study(storage=storage(f"sqlite:///{tmp_path / 's.db'}"), study_name="s")
+    study.enqueue_trial({"lr": 0.01})
+    orphan = study.ask()  # taken, never started: no worker mark, no heartbeat
+    fail_orphans(study, after_s=3600)
+    assert study.trials[orphan.number].state.name == "RUNNING"  # too young to call dead
+    fail_orphans(study, after_s=0)
+    assert study.trials[orphan.number].state.name == "FAIL"
+    (waiting,) = [t for t in study.trials if t.state.name == "WAITING"]
+    assert waiting.system_attrs["fixed_params"] == {"lr": 0.01}
 
 
 @pytest.mark.parametrize(
