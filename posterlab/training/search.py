@@ -1,9 +1,10 @@
 """Hyper-parameter search on Optuna: lr, dropout and weight decay, optionally k-fold, stored as a study.
 
-The study lives in the run folder or in a shared database (``posterlab.training.study``). Every process that shares a study asks it for trials
-until the study holds ``search_trials`` finished ones (complete or pruned), then waits for the trials
-still running elsewhere, and trains its run with the study's best configuration: the result of a search
-is a normal run folder, as it was with the hand-written random search of seed report 001.
+The study lives in the run folder or in a shared database (``posterlab.training.study``). Every process
+that shares a study asks it for trials until the study holds ``search_trials`` finished ones (complete or
+pruned), then waits for the trials still running elsewhere, and trains its run with the study's best
+configuration: the result of a search is a normal run folder, as it was with the hand-written random
+search of seed report 001.
 
 - Samplers: ``random`` (seed 001's method: log-uniform lr and weight decay, uniform dropout) and ``tpe``
   (the default). The configuration given is always trial 0, as before.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import socket
 import time
@@ -56,8 +56,6 @@ from posterlab.training.study import (
 
 if TYPE_CHECKING:
     import optuna
-
-log = logging.getLogger(__name__)
 
 WAIT_POLL_S = 2.0
 
