@@ -62,6 +62,7 @@ START_KEY = "train_start_requested"
 POLL_SECONDS = 2.0
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session"}
+SEARCH_STOPPED = "Stopped during its search: the finished trials are kept in its study; Resume continues it."
 
 
 def start(folder: Path, config: RunConfig, processes: int) -> None:
@@ -167,7 +168,15 @@ def _outcome(snapshot) -> None:
     """How the run ended: the error, why it stopped and whether it can resume, its test figures."""
     if snapshot.status == "failed":
         st.error(f"The run failed: {snapshot.error}", icon=":material/error:")
-    if snapshot.status == "stopped" and not snapshot.history:
+    stopped_early = snapshot.status == "stopped" and not snapshot.history
+    run_dir = Path(snapshot.run_dir) if snapshot.run_dir else None
+    if stopped_early and run_dir and (run_dir / "config.json").exists():
+        in_search = search_unfinished(load_run(run_dir).config.train, run_dir)
+    else:
+        in_search = False
+    if in_search:
+        st.info(SEARCH_STOPPED, icon=":material/info:")
+    elif stopped_early:
         st.warning(
             f"Stopped {snapshot.reason or 'before its first epoch'}: there is nothing to resume. Start it "
             "again: its cached features are kept, so it picks up where the extraction was.",
@@ -540,9 +549,11 @@ def saved_run(folder: Path, run: Run) -> None:
     st.markdown(line)
     if run.state == "failed":
         st.error(status.get("error") or "failed without a message", icon=":material/error:")
+    searching = search_unfinished(run.config.train, run.path)
     if run.state == "stopped":
-        st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
-    resumable = (run.path / "resume.safetensors").exists() or search_unfinished(run.config.train, run.path)
+        why = SEARCH_STOPPED if searching else status.get("note") or status.get("reason") or "a stop request"
+        st.caption(f"Why: {why}")
+    resumable = (run.path / "resume.safetensors").exists() or searching
     if run.state in ("stopped", "failed") and resumable:
         st.button(
             "Resume",

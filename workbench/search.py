@@ -75,15 +75,30 @@ def search_controls(defaults: TrainConfig) -> dict:
     return values
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _cached_storage(url: str, file_id: int):
+    from posterlab.training.study import storage
+
+    return storage(url)
+
+
+def _storage(url: str):
+    """One Optuna storage per database for the whole app: opening one checks the schema (seconds on a busy
+    machine), reading trials through it does not. A SQLite file is told apart by its inode too, so a run
+    deleted and made again under the same name is not read through the old file's pooled connection."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    return _cached_storage(url, path.stat().st_ino if path is not None and path.exists() else 0)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _figures(url: str, name: str, progress: tuple[int, int]) -> tuple[dict, str]:
     """Optuna's charts of a study, built again only when a trial has finished (``progress``): the live
     view polls every couple of seconds, and building figures holds the lock the training thread needs."""
     import optuna
 
-    from posterlab.training.study import storage, study_figures
+    from posterlab.training.study import study_figures
 
-    return study_figures(optuna.load_study(study_name=name, storage=storage(url)))
+    return study_figures(optuna.load_study(study_name=name, storage=_storage(url)))
 
 
 def study_panel(
@@ -101,7 +116,7 @@ def study_panel(
     )
 
     try:
-        study = study_of(config.train, run_dir)
+        study = study_of(config.train, run_dir, _storage)
     except PosterlabError as error:
         st.warning(one_line(error), icon=":material/warning:")
         return

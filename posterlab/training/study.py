@@ -17,7 +17,7 @@ import socket
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,8 +232,13 @@ def search_unfinished(config: TrainConfig, run_dir: Path) -> bool:
     return bool(config.search_trials) and not (Path(run_dir) / "search.json").exists()
 
 
-def study_of(config: TrainConfig, run_dir: Path) -> optuna.Study | None:
-    """A run's study, for reading (None when the run has no search or its study does not exist yet)."""
+def study_of(
+    config: TrainConfig, run_dir: Path, open_storage: Callable[[str], Any] | None = None
+) -> optuna.Study | None:
+    """A run's study, for reading (None when the run has no search or its study does not exist yet).
+
+    ``open_storage`` (default ``storage``) lets a caller that reads often reuse one storage per URL:
+    opening one checks the database's schema, which costs far more than reading the trials."""
     import optuna
 
     if not config.search_trials:
@@ -242,9 +247,8 @@ def study_of(config: TrainConfig, run_dir: Path) -> optuna.Study | None:
         return None  # loading would create an empty database in the run folder
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        return optuna.load_study(
-            study_name=study_name(config), storage=storage(storage_url(config, Path(run_dir)))
-        )
+        store = (open_storage or storage)(storage_url(config, Path(run_dir)))
+        return optuna.load_study(study_name=study_name(config), storage=store)
     except KeyError:  # Optuna's answer for a study name the storage does not hold (yet)
         return None
 
