@@ -31,8 +31,10 @@ from posterlab.evaluation import figures
 from posterlab.evaluation.metrics import headline
 from posterlab.models.registry import BACKBONES
 from posterlab.models.weights import weights_file
-from posterlab.runs import Run, list_runs
+from posterlab.runs import Run, list_runs, load_run
+from posterlab.training.study import search_unfinished
 from workbench import state, through_app
+from workbench.search import search_controls, study_panel
 from workbench.widgets import (
     STATUS_ICONS,
     augment_controls,
@@ -60,6 +62,7 @@ START_KEY = "train_start_requested"
 POLL_SECONDS = 2.0
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session"}
+SEARCH_STOPPED = "Stopped during its search: the finished trials are kept in its study; Resume continues it."
 
 
 def start(folder: Path, config: RunConfig, processes: int) -> None:
@@ -152,6 +155,8 @@ def live(was_running: bool) -> None:
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
         _outcome(snapshot)
+        if snapshot.run_dir and (Path(snapshot.run_dir) / "config.json").exists():
+            study_panel(Path(snapshot.run_dir), load_run(snapshot.run_dir).config, "train_live_study")
         if snapshot.history:
             history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
         if snapshot.messages:
@@ -163,10 +168,18 @@ def _outcome(snapshot) -> None:
     """How the run ended: the error, why it stopped and whether it can resume, its test figures."""
     if snapshot.status == "failed":
         st.error(f"The run failed: {snapshot.error}", icon=":material/error:")
-    if snapshot.status == "stopped" and not snapshot.history:
+    stopped_early = snapshot.status == "stopped" and not snapshot.history
+    run_dir = Path(snapshot.run_dir) if snapshot.run_dir else None
+    if stopped_early and run_dir and (run_dir / "config.json").exists():
+        in_search = search_unfinished(load_run(run_dir).config.train, run_dir)
+    else:
+        in_search = False
+    if in_search:
+        st.info(SEARCH_STOPPED, icon=":material/info:")
+    elif stopped_early:
         st.warning(
-            f"Stopped {snapshot.reason or 'before its first epoch'}: there is nothing to resume. Start it "
-            "again: its cached features are kept, so it picks up where the extraction was.",
+            f"Stopped {snapshot.reason or 'before its first epoch'}: Resume starts it over in its folder; "
+            "its cached features are kept, so it picks up where the extraction was.",
             icon=":material/info:",
         )
     elif snapshot.status == "stopped":
@@ -426,22 +439,6 @@ def _run_settings(column) -> dict:
             key="train_dtype",
             **REMEMBER,
         ),
-        "search_trials": int(
-            column.number_input(
-                "Random-search trials",
-                0,
-                100,
-                d.search_trials,
-                key="train_trials",
-                help=describe(TrainConfig, "search_trials"),
-                **REMEMBER,
-            )
-        ),
-        "search_folds": int(
-            column.number_input(
-                "Folds per trial (0: validation split)", 0, 10, d.search_folds, key="train_folds", **REMEMBER
-            )
-        ),
     }
 
 
@@ -452,6 +449,8 @@ def more_settings(mode: str, labels: LabelConfig | None) -> dict:
         c1, c2, c3, c4 = st.columns(4)
         values = _optimisation_settings(c1, mode) | _loss_settings(c2, watched)
         values |= _finetune_settings(c3, mode) | _run_settings(c4)
+    with st.expander("Search (Optuna: lr, dropout, weight decay)"):
+        values |= search_controls(DEFAULTS)
     with st.expander("Augmentation (image modes: finetune and full)"):
         values["augment"] = augment_controls("train_aug")
     return values
@@ -553,10 +552,13 @@ def saved_run(folder: Path, run: Run) -> None:
     owner = status.get("owner")
     if run.state == "running" and owner:  # trained elsewhere (the command line, torchrun, another server)
         st.caption(f"Training in process {owner['pid']} on {owner['host']}; its heartbeat keeps it live.")
+    searching = search_unfinished(run.config.train, run.path)
     if run.state == "stopped":
-        st.caption(f"Why: {status.get('note') or status.get('reason') or 'a stop request'}")
+        why = SEARCH_STOPPED if searching else status.get("note") or status.get("reason") or "a stop request"
+        st.caption(f"Why: {why}")
     interrupted = run.state == "failed" and str(status.get("error", "")).startswith("interrupted")
-    if run.state in ("stopped", "failed") and ((run.path / "resume.safetensors").exists() or interrupted):
+    resumable = (run.path / "resume.safetensors").exists() or searching or interrupted or not run.history
+    if run.state in ("stopped", "failed") and resumable:
         st.button(
             "Resume",
             icon=":material/resume:",
@@ -579,6 +581,7 @@ def saved_run(folder: Path, run: Run) -> None:
             )
     if run.history:
         history_charts(run.name, run.history, "train_saved", (run.metrics or {}).get("loss", ""))
+    study_panel(run.path, run.config, "train_saved_study", on_start=lambda config: start(folder, config, 1))
 
 
 def runs_section(folder: Path) -> None:

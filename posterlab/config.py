@@ -26,6 +26,8 @@ CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scor
 SLOW_CAM_METHODS = ("scorecam",)
 EVAL_SPLITS = ("all", "train", "val", "test")  # all: every poster given; the others: the run's own split
 SAVE_DTYPES = ("float32", "float16")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
 # validation metrics a run can watch (the first of each is what ``auto`` means)
 MULTILABEL_MONITORS = ("map", "micro_f1", "macro_f1", "roc_auc", "loss")
 SINGLE_LABEL_MONITORS = ("balanced_accuracy", "accuracy", "macro_f1", "loss")
@@ -254,9 +256,29 @@ class TrainConfig:
     num_workers: int = option(-1, "data-loader processes (-1: from the CPU cores this process may use)")
     seed: int = option(0, "seed of the split, the initialisation and the shuffles", flag="--seed")
     save_dtype: str = option("float32", "precision of the saved weights", choices=SAVE_DTYPES)
-    search_trials: int = option(0, "random search over lr / dropout / weight decay (trials)", flag="--search")
+    search_trials: int = option(0, "Optuna search over lr / dropout / weight decay (trials)", flag="--search")
     search_folds: int = option(
         0, "k-fold cross-validation for each search trial (0: the validation split)", flag="--folds"
+    )
+    search_sampler: str = option(
+        "tpe",
+        "how a search picks trials (random: seed report 001's method)",
+        choices=SAMPLERS,
+        flag="--sampler",
+    )
+    search_pruner: str = option(
+        "median",
+        "stop a trial's epochs early when it falls below the median (none: never)",
+        choices=PRUNERS,
+        flag="--pruner",
+    )
+    search_storage: str = option(
+        "",
+        "Optuna storage URL shared by several searching processes (empty: SQLite in the run folder)",
+        flag="--storage",
+    )
+    search_study: str = option(
+        "", "study name in --storage (the processes sharing a study use one name)", flag="--study"
     )
     augment: AugmentConfig = option(factory=AugmentConfig, help="augmentation (image modes)")
 
@@ -278,6 +300,12 @@ class TrainConfig:
         _at_least("search_trials", self.search_trials, 0)
         if self.search_folds == 1 or self.search_folds < 0:
             raise ConfigError(f"search_folds must be 0 (off) or at least 2 (got {self.search_folds})")
+        _choice("search_sampler", self.search_sampler, SAMPLERS)
+        _choice("search_pruner", self.search_pruner, PRUNERS)
+        if bool(self.search_storage) != bool(self.search_study):
+            raise ConfigError("--storage and --study go together: the processes sharing a study name both")
+        if self.search_storage and not self.search_trials:
+            raise ConfigError("--storage shares a search: add --search N (the study's number of trials)")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be between 0 and 1 (got {self.lr})")
         if not 0 < self.layer_decay <= 1:

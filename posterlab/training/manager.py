@@ -45,7 +45,7 @@ class Snapshot:
     history: list[dict] = field(default_factory=list)  # every epoch, those before a resume included
     messages: list[str] = field(default_factory=list)
     error: str | None = None
-    reason: str = ""  # why it stopped (a stop request; before its first epoch: nothing to keep)
+    reason: str = ""  # why it stopped (a stop request; before its first epoch: Resume starts it over)
     metrics: dict = field(default_factory=dict)
     started: float = 0.0
     finished: float = 0.0

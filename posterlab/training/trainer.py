@@ -8,7 +8,6 @@ Under ``torchrun`` every process runs the same code with its ``Dist``; rank 0 al
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -31,7 +30,6 @@ from posterlab.config import RunConfig, TrainConfig
 from posterlab.data.balance import loss_weights, resample
 from posterlab.data.labels import LabelRule, one_hot
 from posterlab.data.prepare import Prepared, prepare_data
-from posterlab.data.split import kfold_indices
 from posterlab.errors import ConfigError, RunError, one_line
 from posterlab.evaluation.metrics import evaluate_scores, headline, main_metric, tune_thresholds
 from posterlab.events import (
@@ -68,11 +66,11 @@ from posterlab.training.loop import (
     FitState,
     Learner,
     fit,
-    higher_is_better,
     predict,
     seed_everything,
 )
 from posterlab.training.plan import Plan, make_plan
+from posterlab.training.search import SearchInputs, search, set_dropout
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +258,8 @@ def _run(
             folder.set_status(
                 "stopped",
                 finished=now_iso(),
-                note="stopped before the first epoch finished; nothing to keep",
+                note="stopped before its first epoch finished; Resume starts it over in this folder "
+                "(what was extracted, and any search trials, are kept)",
                 reason="stop requested",
             )
             log_events(Finished("stopped", str(folder.path)))
@@ -470,92 +469,6 @@ def _load_resume(folder: RunFolder, trainable: nn.Module) -> tuple[FitState, dic
     return state, saved | {"hyper": meta.get("hyper") or {}}
 
 
-# ---------------------------------------------------------------------------------------- search
-
-
-def _set_dropout(module: nn.Module, p: float) -> None:
-    for sub in module.modules():
-        if isinstance(sub, nn.Dropout):
-            sub.p = p
-
-
-@dataclass
-class _Search:
-    """A random search's inputs: the plan, the data, the balancing, and the learner to train with."""
-
-    plan: Plan
-    prepared: Prepared
-    learner: Learner
-    balance: str
-    control: Control
-
-
-def _random_search(search: _Search, config: TrainConfig) -> tuple[TrainConfig, list[dict]]:
-    """Random search over lr / dropout / weight decay (the given values are trial 0); optional k-fold."""
-    rng = np.random.default_rng(config.seed)
-    plan, y, monitor = search.plan, search.prepared.labelled.y, search.learner.monitor
-    initial = {k: v.detach().clone() for k, v in plan.trainable.state_dict().items()}
-    labels = len(search.prepared.labelled.rule.labels)
-    train, val = search.prepared.split_of("train"), search.prepared.split_of("val")
-    if config.search_folds:
-        pool = np.concatenate([train, val])
-        folds = [(pool[a], pool[b]) for a, b in kfold_indices(y[pool], config.search_folds, config.seed)]
-    else:
-        folds = [(train, val)]
-    rows, best = [], (None, config)
-    quiet = dataclasses.replace(config, search_trials=0)
-    for trial in range(config.search_trials):
-        candidate = (
-            quiet
-            if trial == 0
-            else dataclasses.replace(
-                quiet,
-                lr=float(np.exp(rng.uniform(np.log(config.lr / 10), np.log(min(config.lr * 10, 0.5))))),
-                dropout=float(rng.uniform(0.0, 0.6)),
-                weight_decay=float(np.exp(rng.uniform(np.log(1e-6), np.log(1e-1)))),
-            )
-        )
-        values = []
-        for train_rows, val_rows in folds:
-            plan.trainable.load_state_dict(initial)
-            _set_dropout(plan.head, candidate.dropout)
-            train_rows = train_rows[resample(y[train_rows], labels, search.balance, config.seed)]
-            state = fit(
-                search.learner,
-                plan.inputs(train_rows, True),
-                plan.inputs(val_rows, False),
-                candidate,
-                [Stop(search.control)],
-            )
-            if state.stopped:
-                raise StopRequested()
-            values.append(state.best_metric)
-        row = {
-            "trial": trial,
-            "lr": candidate.lr,
-            "dropout": candidate.dropout,
-            "weight_decay": candidate.weight_decay,
-            monitor: float(np.mean(values)),
-            "folds": len(folds),
-        }
-        rows.append(row)
-        search.control.emit(
-            Progress("searching", trial + 1, config.search_trials, f"{monitor} {row[monitor]:.3f}")
-        )
-        value = row[monitor] if higher_is_better(monitor) else -row[monitor]
-        if best[0] is None or value > best[0]:
-            best = (value, candidate)
-    plan.trainable.load_state_dict(initial)
-    _set_dropout(plan.head, best[1].dropout)
-    chosen = best[1]
-    search.control.emit(
-        Message(
-            f"search picked lr={chosen.lr:.2g} dropout={chosen.dropout:.2f} weight_decay={chosen.weight_decay:.2g}"
-        )
-    )
-    return chosen, rows
-
-
 # ----------------------------------------------------------------------------------------- train
 
 
@@ -627,13 +540,13 @@ def _train(
     criterion = Criterion.for_target(rule.multilabel, tc.loss, weights, tc.label_smoothing).to(device)
     learner = _learner(plan, rule, criterion, monitor, device, dist)
     state, saved, chosen = None, None, tc
-    if resume:
+    if resume and (folder.path / "resume.safetensors").exists():
         state, saved = _load_resume(folder, plan.trainable)
         chosen = replace(tc, **saved["hyper"]) if saved["hyper"] else tc
-        _set_dropout(plan.head, chosen.dropout)
+        set_dropout(plan.head, chosen.dropout)
         control.emit(Message(f"resuming after epoch {state.epoch}"))
-    elif tc.search_trials:
-        chosen, table = _random_search(_Search(plan, prepared, learner, dc.balance, control), tc)
+    elif tc.search_trials:  # a new run, or one stopped during its search (the study keeps its trials)
+        chosen, table = search(SearchInputs(plan, prepared, learner, dc.balance, control, folder.path), tc)
         folder.write("search.json", table)
     hyper = {"lr": chosen.lr, "dropout": chosen.dropout, "weight_decay": chosen.weight_decay}
     callbacks: list[Callback] = [Stop(control), Events(control), Checkpoint(folder, hyper, tc.epochs)]

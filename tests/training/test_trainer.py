@@ -132,7 +132,7 @@ def test_stop_before_the_first_epoch(runs_root):
     recorder = Recorder(stop_at_once=True)
     path = train_run(_probe("stop-early"), runs_root, on_event=recorder, should_stop=recorder.should_stop)
     status = json.loads((path / "status.json").read_text())
-    assert status["status"] == "stopped" and "nothing to keep" in status["note"]
+    assert status["status"] == "stopped" and "Resume starts it over" in status["note"]
     assert not (path / "model.safetensors").exists()
 
 
