@@ -281,12 +281,17 @@ def _other_parsers(sub) -> None:
     x.add_argument("--out", required=True, help="PNG to write")
     x.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("export", help="export a run as ONNX or a Hugging Face Space bundle")
+    s = sub.add_parser(
+        "export", help="export a run as ONNX, a Hugging Face Space bundle or a timm model folder (hub)"
+    )
     s.add_argument("run")
-    s.add_argument("--format", required=True, choices=("onnx", "space"))
+    s.add_argument("--format", required=True, choices=("onnx", "space", "hub"))
     s.add_argument("--out", required=True)
     s.add_argument(
-        "--push", metavar="USER/SPACE", help="upload the Space bundle with huggingface_hub (needs HF_TOKEN)"
+        "--push",
+        metavar="USER/NAME",
+        help="upload the Space bundle (USER/SPACE) or the timm model (USER/MODEL) with huggingface_hub "
+        "(needs HF_TOKEN)",
     )
     s.set_defaults(func=cmd_export)
 
@@ -485,6 +490,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"{args.out}  (max |torch - onnx| = {report['max_abs_diff']:.2e} on {report['posters']} posters)"
         )
+    elif args.format == "hub":
+        from posterlab.hub import export_hub, push_hub
+
+        report = export_hub(args.run, Path(args.out))
+        print(
+            f"{args.out}  (max |posterlab - timm| = {report['max_abs_diff']:.2e} on {report['posters']} posters)"
+        )
+        if args.push:
+            print(push_hub(args.out, args.push))
     else:
         folder = export_space(args.run, Path(args.out))
         print(folder)
@@ -506,6 +520,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_run(args: argparse.Namespace) -> None:
+    """A run folder as given, or a timm model folder (``local-dir:PATH``, ``hf-hub:USER/MODEL``) read as
+    one; a missing folder is said before torch is imported."""
+    from posterlab.hub import is_reference, local_run  # imports neither torch nor timm
+
+    if is_reference(args.run):
+        args.run = str(local_run(args.run))
+    elif not Path(args.run).is_dir():
+        raise RunError.missing(args.run)
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
@@ -516,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        if getattr(args, "run", None) and not Path(args.run).is_dir():  # said before torch is imported
-            raise RunError.missing(args.run)
+        if getattr(args, "run", None):
+            _resolve_run(args)
         return args.func(args)
     except PosterlabError as error:
         print(f"posterlab: error: {one_line(error)}", file=sys.stderr)
