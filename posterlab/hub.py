@@ -56,6 +56,8 @@ def _refuse_unless_timm(info: dict, run: Path) -> None:
     """One line saying why a run cannot become a plain timm model, or nothing."""
     import timm.models
 
+    from posterlab.models import small_cnn  # noqa: F401  (registered, so that it can be named below)
+
     if info.get("head", "linear") != "linear":
         raise ModelError(
             f"{run}: its head is {info['head']!r}, not one linear layer, so timm's classifier slot cannot "
@@ -76,7 +78,6 @@ def timm_classifier(run: str | Path):
     import torch
 
     from posterlab.inference import load_model_folder
-
     from posterlab.runs import read_json
 
     run = Path(run)
