@@ -268,9 +268,16 @@ def _other_parsers(sub) -> None:
 
     p = sub.add_parser("predict", help="score posters with a run")
     p.add_argument("run")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="images; with --out also folders and labels.csv files")
     p.add_argument("--json", action="store_true")
     p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
+    scale = p.add_argument_group(
+        "scoring to a file (batched, resumable; under torchrun every rank takes a share)"
+    )
+    scale.add_argument("--out", help="FILE.csv or FILE.parquet: one row per poster; run again to resume")
+    scale.add_argument("--batch-size", type=int, default=32, help="posters per forward pass (default: 32)")
+    scale.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    scale.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("explain", help="Grad-CAM overlay for a poster")
@@ -455,6 +462,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.out:
+        from posterlab.scoring import score_command
+
+        return score_command(args)
     from posterlab.inference import Predictor
 
     predictor = Predictor(args.run, backend="onnx" if args.onnx else "torch")
