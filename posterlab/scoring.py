@@ -5,9 +5,9 @@ label its probability (``prob_<label>``, the run's views averaged as its Predict
 at its threshold (``pred_<label>``; single-label runs: the most probable class), and ``predicted`` (the
 labels, ``|``-separated). Parquet files carry the run's labels and thresholds in their schema metadata.
 
-Streamed: posters are decoded a chunk ahead on a thread while the model scores the current chunk; every
-chunk is written at once as its own part file (``FILE.parts/``, temp file + rename), so memory stays
-flat however many posters there are, and a killed job loses at most one chunk. At the end the parts are
+Streamed: posters are decoded a batch or two ahead on a thread while the model scores the current batch;
+every chunk of posters is written at once as its own part file (``FILE.parts/``, temp file + rename), so
+memory stays flat however many posters there are, and a killed job loses at most one chunk. At the end the parts are
 merged into ``FILE`` (with the rows a previous run left there) by one atomic rename. Running the same
 command again skips every poster already in ``FILE`` or its parts: it resumes.
 
@@ -26,9 +26,11 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -273,15 +275,34 @@ def _load(predictor, path: str):
         return None, one_line(error)
 
 
-def _score_chunk(predictor, loaded: list, batch_size: int) -> tuple[np.ndarray, list[str | None]]:
+def _decoded(pool: ThreadPoolExecutor, predictor, items: list[str], ahead: int) -> Iterator[tuple]:
+    """``_load`` of each item, in order, decoded on ``pool`` at most ``ahead`` posters in advance (so that
+    only a couple of batches of tensors are ever held)."""
+    iterator = iter(items)
+    queue: deque[Future] = deque(pool.submit(_load, predictor, item) for item in islice(iterator, ahead))
+    while queue:
+        future = queue.popleft()
+        following = next(iterator, None)
+        if following is not None:
+            queue.append(pool.submit(_load, predictor, following))
+        yield future.result()
+
+
+def _score_chunk(predictor, loaded: Iterator[tuple], size: int, batch_size: int):
+    """(probabilities, errors) of the next ``size`` decoded posters, one batch at a time."""
     import torch
 
-    probs = np.full((len(loaded), len(predictor.labels)), np.nan)
-    errors = [error for _, error in loaded]
-    ready = [i for i, (tensor, _) in enumerate(loaded) if tensor is not None]
-    for start in range(0, len(ready), batch_size):
-        rows = ready[start : start + batch_size]
-        probs[rows] = predictor.probabilities(torch.stack([loaded[i][0] for i in rows]))
+    probs = np.full((size, len(predictor.labels)), np.nan)
+    errors: list[str | None] = []
+    batch: list[tuple[int, object]] = []
+    for index in range(size):
+        tensor, error = next(loaded)
+        errors.append(error)
+        if tensor is not None:
+            batch.append((index, tensor))
+        if batch and (len(batch) == batch_size or index == size - 1):
+            probs[[i for i, _ in batch]] = predictor.probabilities(torch.stack([t for _, t in batch]))
+            batch.clear()
     return probs, errors
 
 
@@ -361,15 +382,10 @@ def score(
     if stop_after is not None:
         chunks = chunks[:stop_after]
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
-
-        def submit(items: list[str]) -> list[Future]:
-            return [pool.submit(_load, predictor, item) for item in items]
-
-        ahead = submit(chunks[0]) if chunks else []
+        # decoding (PIL releases the GIL) overlaps the model; a batch ahead is enough to keep it busy
+        loaded = _decoded(pool, predictor, [item for items in chunks for item in items], 2 * batch_size)
         for index, items in enumerate(chunks):
-            loaded = [future.result() for future in ahead]
-            ahead = submit(chunks[index + 1]) if index + 1 < len(chunks) else []  # decoded meanwhile
-            probs, errors = _score_chunk(predictor, loaded, batch_size)
+            probs, errors = _score_chunk(predictor, loaded, len(items), batch_size)
             rows = _rows(columns, items, probs, errors, predictor.decide)
             name = f"{session}-r{dist.rank:03d}-{index:06d}{out.suffix.lower()}"
             fmt.write_part(parts_dir / name, rows)
