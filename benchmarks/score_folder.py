@@ -10,6 +10,9 @@ resident memory comes from the kernel (``wait4``):
   killed   all --posters, SIGKILLed once --kill-after posters are in finished part files
   resumed  the same command again: it skips what the killed job finished and merges everything
 
+While each process runs, its resident memory is sampled against the posters it has written out, so
+that the table shows whether memory stays flat as the posters go by, not only the peak.
+
     python benchmarks/score_folder.py --data ../shared/datasets/posters     # 1,000 and 10,000 posters
     python benchmarks/score_folder.py --data ../shared/datasets/posters --posters 2000 --small 500
 
@@ -30,6 +33,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from posterlab.scoring import CHUNK  # posters per part file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,24 +76,46 @@ def _run(args, folder: Path, out: Path, report: Path, kill_after: int | None = N
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     killed_at = None
-    if kill_after is not None:
-        parts = out.with_name(out.name + ".parts")
-        while process.poll() is None:
-            done = len(list(parts.glob("*.parquet"))) * 256 if parts.is_dir() else 0
-            if done >= kill_after:
-                process.send_signal(signal.SIGKILL)
-                killed_at = done
-                break
-            time.sleep(0.5)
-    _, status, usage = os.wait4(process.pid, 0)
+    parts = out.with_name(out.name + ".parts")
+    trace: dict[int, float] = {}  # posters in finished parts (this process's) -> its resident MB then
+    first = None
+    ended = None  # wait4, not poll: poll would reap the child and lose its resource usage
+    while ended is None:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            ended = (status, usage)
+            break
+        done = len(list(parts.glob("*.parquet"))) * CHUNK if parts.is_dir() else 0
+        first = done if first is None else first  # parts a killed job left
+        rss = _rss_mb(process.pid)
+        if rss is not None and done > first:
+            trace[done - first] = max(trace.get(done - first, 0.0), rss)
+        if kill_after is not None and done >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            killed_at = done
+            break
+        time.sleep(0.5)
+    status, usage = ended if ended is not None else os.wait4(process.pid, 0)[1:]  # after the kill
     wall = time.monotonic() - started
     figures = {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    if trace:  # resident memory as the posters go by: flat or growing
+        marks = sorted(trace)
+        figures["rss_mb_by_posters"] = {m: trace[m] for m in marks[:: max(1, len(marks) // 8)] + marks[-1:]}
     if killed_at is not None:
         figures["killed_after_posters"] = killed_at
         return figures
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"scoring failed (exit {os.waitstatus_to_exitcode(status)})")
     return {**figures, **json.loads(report.read_text())}
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((row for row in text.splitlines() if row.startswith("VmRSS:")), None)
+    return round(int(line.split()[1]) / 1024, 1) if line else None
 
 
 def main() -> None:
