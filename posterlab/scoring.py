@@ -360,7 +360,9 @@ def score(
     dist.barrier()
     share = np.array_split(np.arange(len(pending)), dist.world)[dist.rank]
     mine = [pending[i] for i in share]
-    session = dist.broadcast(time.strftime("%Y%m%d-%H%M%S"))
+    # part names sort as the rows should follow: session (the clock in ns: a resumed job never reuses a
+    # killed one's names), then rank (contiguous shares), then chunk
+    session = dist.broadcast(f"{time.time_ns():020d}")
     if dist.main:
         parts_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
