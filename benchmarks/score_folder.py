@@ -162,28 +162,37 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "score_folder.json").write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+def report(results: dict) -> None:
+    """The table (also from a saved results file: ``report(json.load(...))``)."""
     small, killed, resumed = results["small_run"], results["killed_run"], results["resumed_run"]
     print(
-        f"\nscoring {Path(args.run).name} to Parquet (load average {results['load_start'][0]:.1f} at start, "
+        f"\nscoring {Path(results['run']).name} to Parquet (load average {results['load_start'][0]:.1f} at start, "
         f"{results['load_end'][0]:.1f} at end)"
     )
     print(f"{'process':<34}{'posters scored':>15}{'posters/s':>11}{'wall s':>9}{'peak RSS MB':>13}")
     print(
-        f"{f'{args.small:,} posters':<34}{small['scored']:>15,}{small['posters_per_s']:>11}"
+        f"{format(results['small'], ',') + ' posters':<34}{small['scored']:>15,}{small['posters_per_s']:>11}"
         f"{small['wall_s']:>9}{small['peak_rss_mb']:>13}"
     )
     print(
-        f"{f'{args.posters:,} posters, killed':<34}{'≥' + format(killed['killed_after_posters'], ','):>15}"
+        f"{format(results['posters'], ',') + ' posters, killed':<34}{'≥' + format(killed['killed_after_posters'], ','):>15}"
         f"{'':>11}{killed['wall_s']:>9}{killed['peak_rss_mb']:>13}"
     )
     print(
-        f"{f'{args.posters:,} posters, resumed':<34}{resumed['scored']:>15,}{resumed['posters_per_s']:>11}"
+        f"{format(results['posters'], ',') + ' posters, resumed':<34}{resumed['scored']:>15,}{resumed['posters_per_s']:>11}"
         f"{resumed['wall_s']:>9}{resumed['peak_rss_mb']:>13}"
     )
     print(
         f"resumed run skipped {resumed['skipped']:,} already scored; final file {results['final_rows']:,} rows, "
         f"{results['final_unique']:,} distinct posters, {results['final_errors']} errors, {results['final_mb']} MB"
     )
+    for name in ("small_run", "killed_run", "resumed_run"):
+        marks = results[name].get("rss_mb_by_posters", {})
+        shown = ", ".join(f"{int(n):,}: {mb:.0f}" for n, mb in marks.items())
+        print(f"{name}: resident MB after n posters of its own: {shown}")
 
 
 if __name__ == "__main__":
