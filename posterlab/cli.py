@@ -268,9 +268,16 @@ def _other_parsers(sub) -> None:
 
     p = sub.add_parser("predict", help="score posters with a run")
     p.add_argument("run")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="images; with --out also folders and labels.csv files")
     p.add_argument("--json", action="store_true")
     p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
+    scale = p.add_argument_group(
+        "scoring to a file (batched, resumable; under torchrun every rank takes a share)"
+    )
+    scale.add_argument("--out", help="FILE.csv or FILE.parquet: one row per poster; run again to resume")
+    scale.add_argument("--batch-size", type=int, default=32, help="posters per forward pass (default: 32)")
+    scale.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    scale.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("explain", help="Grad-CAM overlay for a poster")
@@ -281,12 +288,17 @@ def _other_parsers(sub) -> None:
     x.add_argument("--out", required=True, help="PNG to write")
     x.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("export", help="export a run as ONNX or a Hugging Face Space bundle")
+    s = sub.add_parser(
+        "export", help="export a run as ONNX, a Hugging Face Space bundle or a timm model folder (hub)"
+    )
     s.add_argument("run")
-    s.add_argument("--format", required=True, choices=("onnx", "space"))
+    s.add_argument("--format", required=True, choices=("onnx", "space", "hub"))
     s.add_argument("--out", required=True)
     s.add_argument(
-        "--push", metavar="USER/SPACE", help="upload the Space bundle with huggingface_hub (needs HF_TOKEN)"
+        "--push",
+        metavar="USER/NAME",
+        help="upload the Space bundle (USER/SPACE) or the timm model (USER/MODEL) with huggingface_hub "
+        "(needs HF_TOKEN)",
     )
     s.set_defaults(func=cmd_export)
 
@@ -513,6 +525,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.out:
+        from posterlab.scoring import score_command
+
+        return score_command(args)
     from posterlab.inference import Predictor
 
     predictor = Predictor(args.run, backend="onnx" if args.onnx else "torch")
@@ -548,6 +564,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"{args.out}  (max |torch - onnx| = {report['max_abs_diff']:.2e} on {report['posters']} posters)"
         )
+    elif args.format == "hub":
+        from posterlab.hub import export_hub, push_hub
+
+        report = export_hub(args.run, Path(args.out))
+        print(
+            f"{args.out}  (max |posterlab - timm| = {report['max_abs_diff']:.2e} on {report['posters']} posters)"
+        )
+        if args.push:
+            print(push_hub(args.out, args.push))
     else:
         folder = export_space(args.run, Path(args.out))
         print(folder)
@@ -569,6 +594,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_run(args: argparse.Namespace) -> None:
+    """A run folder as given, or a timm model folder (``local-dir:PATH``, ``hf-hub:USER/MODEL``) read as
+    one; a missing folder is said before torch is imported."""
+    from posterlab.hub import is_reference, local_run  # imports neither torch nor timm
+
+    if is_reference(args.run):
+        args.run = str(local_run(args.run))
+    elif not Path(args.run).is_dir():
+        raise RunError.missing(args.run)
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
@@ -578,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             format="%(levelname)s %(name)s: %(message)s",
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        if getattr(args, "run", None) and not Path(args.run).is_dir():  # said before torch is imported
-            raise RunError.missing(args.run)
+        if getattr(args, "run", None):
+            _resolve_run(args)
         return args.func(args)
     except PosterlabError as error:
         print(f"posterlab: error: {one_line(error)}", file=sys.stderr)
