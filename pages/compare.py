@@ -70,6 +70,7 @@ def curves(chosen: list[Run]) -> None:
         index=keys.index(default),
         key="compare_curve_metric",
         persist_state="session",
+        bind="query-params",
     )
     longest = max(len(r.history) for r in chosen)
     figure = figures.curves({r.name: r.history for r in chosen}, metric)
@@ -119,6 +120,7 @@ def per_label(chosen: list[Run]) -> None:
         [c for c in ("f1", "ap", "roc_auc", "precision", "recall") if c in table],
         key="compare_label_metric",
         persist_state="session",
+        bind="query-params",
     )
     rows = run.metrics["test"]["per_label"]
     # a model that guesses has the label's prevalence as its average precision: draw it as the baseline
@@ -166,7 +168,12 @@ def errors(chosen: list[Run]) -> None:
         return
     if run.model and run.model["rule"]["task"] != "multilabel":
         matrix = interpret.confusion(predictions)
-        share = st.toggle("Share of each true class", key="compare_confusion_norm", persist_state="session")
+        share = st.toggle(
+            "Share of each true class",
+            key="compare_confusion_norm",
+            persist_state="session",
+            bind="query-params",
+        )
         st.plotly_chart(
             figures.heatmap(matrix, "Confusion on the test posters (rows: truth)", normalise_rows=share),
             key="compare_confusion",
@@ -235,6 +242,7 @@ picked = st.multiselect(
     default=comparable(runs),
     key="compare_runs",
     persist_state="session",
+    bind="query-params",
     help="Completed or stopped runs. At first: the newest finished run and those that predict the same labels.",
 )
 chosen = [by_name[n] for n in picked]
@@ -245,7 +253,10 @@ if len({_target(r) for r in chosen}) > 1:
     )
 if chosen:
     tabs = st.tabs(
-        ["Curves", "Test metrics", "Per label", "ROC / PR", "Confusion"], key="compare_tab", on_change="rerun"
+        ["Curves", "Test metrics", "Per label", "ROC / PR", "Confusion"],
+        key="compare_tab",
+        on_change="rerun",
+        bind="query-params",
     )
     for tab, view in zip(tabs, (curves, test_metrics, per_label, curves_roc, errors), strict=True):
         if tab.open:  # only the open tab is computed

@@ -22,6 +22,8 @@ through_app()  # before anything is drawn: see workbench.through_app
 COLUMNS = 6
 FAST_METHODS = [m for m in CAM_METHODS if m not in SLOW_CAM_METHODS]  # galleries: one pass per poster
 MARKS = {"right": "✓", "partly": "≈", "wrong": "✗"}
+POSTERS_PARAM = "posters"  # the URL's list of your posters (content digests; files under the cache)
+UPLOAD_GENERATION = "explore_upload_generation"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 
 
@@ -87,13 +89,18 @@ def gallery(run: Run, table: pd.DataFrame, labels: list[str], multilabel: bool) 
         choices,
         key="explore_outcome",
         persist_state="session",
+        bind="query-params",
         help="partly: some of the predicted genres are right",
     )
-    truth = c2.multiselect("Truth includes", labels, key="explore_truth", persist_state="session")
-    predicted = c3.multiselect(
-        "Prediction includes", labels, key="explore_predicted", persist_state="session"
+    truth = c2.multiselect(
+        "Truth includes", labels, key="explore_truth", persist_state="session", bind="query-params"
     )
-    count = c4.number_input("Posters", 6, 120, 24, step=6, key="explore_count", persist_state="session")
+    predicted = c3.multiselect(
+        "Prediction includes", labels, key="explore_predicted", persist_state="session", bind="query-params"
+    )
+    count = c4.number_input(
+        "Posters", 6, 120, 24, step=6, key="explore_count", persist_state="session", bind="query-params"
+    )
     rows = table
     if shown != "all":
         rows = rows[rows["outcome"] == shown]
@@ -115,13 +122,18 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     c1, c2, c3 = st.columns([2, 1, 1])
     forget_invalid("explore_loss_label", ["(every label)"] + labels)
     label = c1.selectbox(
-        "Loss on", ["(every label)"] + labels, key="explore_loss_label", persist_state="session"
+        "Loss on",
+        ["(every label)"] + labels,
+        key="explore_loss_label",
+        persist_state="session",
+        bind="query-params",
     )
-    k = c2.slider("How many", 1, 24, 6, key="explore_loss_k", persist_state="session")
+    k = c2.slider("How many", 1, 24, 6, key="explore_loss_k", persist_state="session", bind="query-params")
     show_cam = c3.toggle(
         "Grad-CAM",
         key="explore_loss_cam",
         persist_state="session",
+        bind="query-params",
         help="Where the model looked for the label",
     )
     chosen = None if label == "(every label)" else label
@@ -144,9 +156,11 @@ def ranked(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     """Top-k posters by any label's probability (e.g. most fresh / most rotten), with Grad-CAM."""
     c1, c2, c3 = st.columns([2, 1, 1])
     forget_invalid("explore_rank_label", labels)
-    label = c1.selectbox("Label", labels, key="explore_rank_label", persist_state="session")
-    k = c2.slider("How many", 1, 18, 6, key="explore_rank_k", persist_state="session")
-    lowest = c3.toggle("Lowest instead", key="explore_rank_low", persist_state="session")
+    label = c1.selectbox(
+        "Label", labels, key="explore_rank_label", persist_state="session", bind="query-params"
+    )
+    k = c2.slider("How many", 1, 18, 6, key="explore_rank_k", persist_state="session", bind="query-params")
+    lowest = c3.toggle("Lowest instead", key="explore_rank_low", persist_state="session", bind="query-params")
     rows = interpret.ranked_by_label(table, label, k, lowest=lowest)
     st.caption(
         f"{'Lowest' if lowest else 'Highest'} p({label}); under each poster, Grad-CAM ({method}) of the "
@@ -171,7 +185,12 @@ def activations(run: Run, table: pd.DataFrame) -> None:
     c1, c2 = st.columns([2, 2])
     forget_invalid("explore_act_poster", list(titles))
     image = c1.selectbox(
-        "Poster", list(titles), format_func=titles.get, key="explore_act_poster", persist_state="session"
+        "Poster",
+        list(titles),
+        format_func=titles.get,
+        key="explore_act_poster",
+        persist_state="session",
+        bind="query-params",
     )
     level = c2.select_slider(
         "Stage (shallow → deep)",
@@ -180,6 +199,7 @@ def activations(run: Run, table: pd.DataFrame) -> None:
         format_func=lambda i: f"{i + 1}: {levels[i]}",
         key="explore_act_level",
         persist_state="session",
+        bind="query-params",
     )
     name, maps, mean = state.activations(run.path, image, level)
     left, middle, right = st.columns([1, 1, 3])
@@ -224,6 +244,7 @@ def _like_this(space, run: Run) -> None:
         format_func=titles.get,
         index=None,
         key="explore_map_like",
+        persist_state="session",
         placeholder="pick a poster of the map…",
     )
     upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
@@ -259,6 +280,8 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         ["pca", "tsne"],
         horizontal=True,
         key="explore_map_method",
+        persist_state="session",
+        bind="query-params",
         format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
         help="PCA: instant, the main directions in which posters differ. t-SNE: tighter "
         "clusters, about 20-40 s for 7,000 posters the first time (then cached).",
@@ -276,7 +299,10 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
     options = [f"label: {label}" for label in labels] + [
         c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
     ]
-    colour = c1.selectbox("Colour by", options, key="explore_map_colour")
+    forget_invalid("explore_map_colour", options)
+    colour = c1.selectbox(
+        "Colour by", options, key="explore_map_colour", persist_state="session", bind="query-params"
+    )
     event = st.altair_chart(map_chart(points, colour, labels), on_select="rerun", key="explore_map_chart")
     st.caption(
         f"{len(points):,} posters of `{state.display_name(path)}` · {backbone} embeddings ({fit}) · "
@@ -301,18 +327,40 @@ def _picked(event, points: pd.DataFrame) -> pd.DataFrame | None:
     return points[inside]
 
 
+def _forget_posters() -> None:
+    st.session_state[UPLOAD_GENERATION] = st.session_state.get(UPLOAD_GENERATION, 0) + 1
+    state.remember_posters(POSTERS_PARAM, [])
+
+
 def uploads(run: Run, method: str) -> None:
     """Your own posters: scores against thresholds, and Grad-CAM for the predicted labels."""
-    files = st.file_uploader("Posters", type=UPLOAD_TYPES, accept_multiple_files=True, key="explore_upload")
+    # a new uploader (a new key) after "Forget": Streamlit cannot empty one from Python
+    generation = st.session_state.get(UPLOAD_GENERATION, 0)
+    uploaded = st.file_uploader(
+        "Posters",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key=f"explore_upload_{generation}" if generation else "explore_upload",
+    )
+    files = state.kept_posters(POSTERS_PARAM, uploaded or [])
     if not files:
         st.caption("Upload one or more posters to score them with this run and see where it looked.")
         return
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.caption(
+        f"{len(files)} poster{'s' if len(files) > 1 else ''} of yours, kept across a refresh (in the page's "
+        "address) until you forget them."
+    )
+    right.button(
+        "Forget your posters", icon=":material/delete:", on_click=_forget_posters, key="explore_forget"
+    )
     method = st.selectbox(
         "Method for your posters",
         CAM_METHODS,
         index=CAM_METHODS.index(method),
         key="explore_upload_method",
         persist_state="session",
+        bind="query-params",
     )
     if method in SLOW_CAM_METHODS and not _slow_method_cost(run, method, files):
         return
@@ -352,15 +400,21 @@ if not runs:
     st.stop()
 top_left, top_middle, top_right = st.columns([3, 1, 1])
 with top_left:
-    run = run_picker(runs, "Run", key="explore_run")
+    run = run_picker(runs, "Run", key="explore_run", in_url=True)
 split = top_middle.radio(
-    "Posters", ["test", "val", "all"], horizontal=True, key="explore_split", persist_state="session"
+    "Posters",
+    ["test", "val", "all"],
+    horizontal=True,
+    key="explore_split",
+    persist_state="session",
+    bind="query-params",
 )
 method = top_right.selectbox(
     "Grad-CAM method",
     FAST_METHODS,
     key="explore_method",
     persist_state="session",
+    bind="query-params",
     help="Score-CAM (a forward pass per channel: minutes a poster here) is offered for your own posters only.",
 )
 try:
@@ -387,6 +441,7 @@ st.caption(
 tab_gallery, tab_losses, tab_ranked, tab_map, tab_maps, tab_uploads = st.tabs(
     ["Predictions vs truth", "Top losses", "Top by label", "Map", "Activation maps", "Your posters"],
     key="explore_tab",
+    bind="query-params",  # a refresh (or a link) opens the same tab
     on_change="rerun",  # only the open tab runs: Grad-CAM is computed for what is on screen
 )
 if table.empty and not (tab_uploads.open or tab_map.open):
