@@ -16,6 +16,7 @@ from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures
 from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 from workbench import state, through_app
+from workbench.titles import readable_title
 from workbench.widgets import augment_controls, balance_control, label_controls, require_dataset, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
@@ -200,7 +201,7 @@ if tab_augment.open:
             for _ in range(views):
                 array = denormalize(train(image), preprocess).permute(1, 2, 0).numpy()
                 shown_images.append((array * 255).astype(np.uint8))
-            title = getattr(poster, "title", "") or poster.id
+            title = readable_title(getattr(poster, "title", "") or "") or poster.id
             truth = "|".join(poster.genres) if has_genres else str(poster.label)
             st.image(
                 shown_images,
