@@ -22,6 +22,12 @@ LEADING = ("run", "status", "backbone", "mode", "data", "target")
 TRAILING = ("epochs", "seconds", "started", "labels", "error")
 
 
+def plot(where, figure, key: str) -> None:
+    """A chart with plotly's tool buttons down its right side: along the top (the default) they covered
+    the start of a long title on hover."""
+    where.plotly_chart(figure.update_layout(modebar={"orientation": "v"}), key=key)
+
+
 def delete(path: Path) -> None:
     """Delete button: remove a run folder (refused while it trains)."""
     try:
@@ -74,7 +80,7 @@ def curves(chosen: list[Run]) -> None:
     )
     longest = max(len(r.history) for r in chosen)
     figure = figures.curves({r.name: r.history for r in chosen}, metric)
-    st.plotly_chart(integer_epochs(figure, longest), key="compare_curves")
+    plot(st, integer_epochs(figure, longest), key="compare_curves")
 
 
 def _verdict(row: pd.Series, metrics: list[str]) -> str:
@@ -105,7 +111,15 @@ def test_metrics(chosen: list[Run]) -> None:
             model, base = table[run.name], table[f"{run.name} (baseline)"]
             worse = (model >= base) & lower | (model <= base) & ~lower
             table[f"{run.name}: vs baseline"] = ["below" if w else "" for w in worse.fillna(False)]
-    st.dataframe(table, key="compare_test_metrics")
+    # a metric a run (or its baseline) does not have is a dash: st.dataframe writes a missing number as
+    # the word "None"
+    numbers = [c for c in table.columns if not str(c).endswith(": vs baseline")]
+    shown = table.astype(object)
+    for column in numbers:
+        shown[column] = [
+            "–" if pd.isna(v) else f"{v:.3f}" for v in pd.to_numeric(table[column], errors="coerce")
+        ]
+    st.dataframe(shown, key="compare_test_metrics")
     st.caption(
         "“below”: no better than the baseline that predicts the training prevalence (or majority class)."
     )
@@ -129,7 +143,7 @@ def per_label(chosen: list[Run]) -> None:
         if metric == "ap" and "prevalence" in table
         else None
     )
-    st.plotly_chart(figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
+    plot(st, figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
     st.dataframe(table, key="compare_label_table")
     if "prevalence" in table:
         st.caption("prevalence is also the average precision (ap) of a model that guesses.")
@@ -151,9 +165,10 @@ def curves_roc(chosen: list[Run]) -> None:
     points = interpret.roc_pr_points(predictions)
     left, right = st.columns(2)
     labels = run.metrics["labels"]
-    left.plotly_chart(figures.roc(points, labels=labels), key="compare_roc")
-    right.plotly_chart(figures.precision_recall(points, labels=labels), key="compare_pr")
-    st.plotly_chart(
+    plot(left, figures.roc(points, labels=labels), key="compare_roc")
+    plot(right, figures.precision_recall(points, labels=labels), key="compare_pr")
+    plot(
+        st,
         figures.reliability_plot(interpret.reliability(predictions), "Calibration on the test posters"),
         key="compare_reliability",
     )
@@ -174,7 +189,8 @@ def errors(chosen: list[Run]) -> None:
             persist_state="session",
             bind="query-params",
         )
-        st.plotly_chart(
+        plot(
+            st,
             figures.heatmap(matrix, "Confusion on the test posters (rows: truth)", normalise_rows=share),
             key="compare_confusion",
         )

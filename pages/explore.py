@@ -15,6 +15,7 @@ from posterlab.evaluation import figures, interpret
 from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
+from workbench.titles import readable_title
 from workbench.widgets import forget_invalid, map_chart, run_picker, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
@@ -46,12 +47,13 @@ def caption(row: pd.Series, extra: str = "") -> str:
 def grid(
     rows: pd.DataFrame,
     captions: list[str],
-    cam_label: str | Callable[[pd.Series], str] | None = None,
+    cam_label: str | tuple[str, str] | Callable[[pd.Series], str | tuple[str, str]] | None = None,
     run: Run | None = None,
     method: str = "",
 ) -> None:
     """Posters in rows of ``COLUMNS``. With ``cam_label`` (a label, or a function of the row giving one),
-    each poster's Grad-CAM is drawn under it once the row's posters are on screen."""
+    each poster's Grad-CAM is drawn under it once the row's posters are on screen; a function may also
+    say why it chose that label (``(label, why)``), shown in the caption."""
     items = list(rows.iterrows())
     slot = st.empty()  # a new choice replaces the previous posters at once, not as their overlays come
     with slot.container():
@@ -75,9 +77,10 @@ def _rows(items: list, captions: list[str], cam_label, run: Run | None, method: 
             continue
         for column, row in shown:  # the slow part, after the posters, so the page fills in progressively
             label = cam_label(row) if callable(cam_label) else cam_label
+            label, why = label if isinstance(label, tuple) else (label, "")
             with column, st.spinner("Grad-CAM…"):
                 image, _ = state.overlay(run.path, row["image"], label, method)
-            column.image(image, caption=f"Grad-CAM: {label}", width="stretch")
+            column.image(image, caption=f"Grad-CAM: {label}" + (f" ({why})" if why else ""), width="stretch")
 
 
 def gallery(run: Run, table: pd.DataFrame, labels: list[str], multilabel: bool) -> None:
@@ -141,15 +144,20 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     extra_column = "label_loss" if chosen else "loss"
     captions = [caption(row, f"loss {row[extra_column]:.2f}") for _, row in rows.iterrows()]
     if show_cam:
-        target = chosen or (lambda row: _top_label(row, labels))
+        target = (chosen, "the label of this loss") if chosen else (lambda row: _cam_target(row, labels))
         grid(rows, captions, target, run, method)
     else:
         grid(rows, captions)
 
 
-def _top_label(row: pd.Series, labels: list[str]) -> str:
-    """The label a poster scored highest on."""
-    return max(labels, key=lambda label: row[f"p:{label}"])
+def _cam_target(row: pd.Series, labels: list[str]) -> tuple[str, str]:
+    """Which label's evidence to draw for a poster, and why: its surest predicted label, or, when no label
+    cleared its threshold, the one it scored highest (said, so that it does not read as a prediction)."""
+    predicted = [label for label in str(row.get("predicted") or "").split("|") if label in labels]
+    if predicted:
+        return max(predicted, key=lambda label: row[f"p:{label}"]), "predicted"
+    label = max(labels, key=lambda label: row[f"p:{label}"])
+    return label, f"not predicted: its highest score, {row[f'p:{label}']:.2f}"
 
 
 def ranked(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> None:
@@ -237,7 +245,12 @@ def _like_this(space, run: Run) -> None:
 
     frame = space.frame
     left, right = st.columns([2, 1])
-    titles = dict(zip(frame.index, frame["title"].astype(str), strict=True))
+    titles = dict(zip(frame.index, frame["title"].astype(str).map(readable_title), strict=True))
+    # the uploader first (drawn on the right): while a poster of yours is there, it is the one matched,
+    # and the picker says so instead of naming another poster
+    upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
+    if upload is not None:
+        st.session_state["explore_map_like"] = None
     chosen = left.selectbox(
         "Posters like this one",
         list(titles),
@@ -245,26 +258,31 @@ def _like_this(space, run: Run) -> None:
         index=None,
         key="explore_map_like",
         persist_state="session",
-        placeholder="pick a poster of the map…",
+        disabled=upload is not None,
+        placeholder="your poster (remove it to pick one of the map)"
+        if upload
+        else "pick a poster of the map…",
     )
-    upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
     if upload is not None:
         try:
             query = embed(space.backbone, space.fit, upload.getvalue(), upload.name)
         except PosterlabError as error:
             show_error(error)
             return
-        found, caption = space.neighbours(query, k=COLUMNS * 2), upload.name
+        found, caption, image = space.neighbours(query, k=COLUMNS * 2), upload.name, upload.getvalue()
     elif chosen is not None:
-        found, caption = (
-            space.neighbours(space.vectors[chosen], k=COLUMNS * 2, exclude=chosen),
-            titles[chosen],
-        )
+        found = space.neighbours(space.vectors[chosen], k=COLUMNS * 2, exclude=chosen)
+        caption, image = titles[chosen], frame.loc[chosen, "image"]
     else:
         return
     st.caption(f"Nearest to {caption} by cosine similarity of their embeddings; ≈ marks a near-duplicate.")
-    captions = [f"{'≈ ' if r.duplicate else ''}{r.similarity:.2f} · {r.title}" for r in found.itertuples()]
-    st.image(found["image"].tolist(), caption=captions, width=130)
+    query_column, found_column = st.columns([1, 6])
+    query_column.image(image, caption=f"matched: {caption}", width=130)  # the poster being matched
+    captions = [
+        f"{'≈ ' if r.duplicate else ''}{r.similarity:.2f} · {readable_title(str(r.title))}"
+        for r in found.itertuples()
+    ]
+    found_column.image(found["image"].tolist(), caption=captions, width=130)
 
 
 def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
@@ -296,6 +314,10 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         show_error(error, path)
         return
     points = colour_columns(space, table, labels).assign(x=xy[:, 0], y=xy[:, 1])
+    points["title"] = points["title"].map(readable_title)
+    if "outcome" in points and "outcome" in table:  # the gallery's right / partly / wrong, not right or wrong
+        scored = table.drop_duplicates("id").set_index("id")["outcome"]
+        points["outcome"] = points["id"].map(scored).fillna("not scored")
     options = [f"label: {label}" for label in labels] + [
         c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
     ]
@@ -428,6 +450,8 @@ try:
         elsewhere = int((~here).sum())
         table = table[here].reset_index(drop=True)
         table = table.assign(outcome=table.apply(outcome, axis=1)) if not table.empty else table
+        if "title" in table:  # broken encodings from the source data, repaired where they can be
+            table["title"] = table["title"].map(readable_title)
 except PosterlabError as error:
     show_error(error)
     st.stop()

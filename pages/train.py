@@ -60,7 +60,10 @@ STARTED_KEY = "train_started"  # runs started in this session
 START_KEY = "train_start_requested"
 SHOW_LIVE_KEY = "train_show_live"  # set by Start and Resume: bring the live panel into view once
 LIVE_PANEL = "train_live"  # the live panel's container key (its CSS class is st-key-train_live)
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # the curves and the log, redrawn while a run trains
+# the progress line and Stop: a probe's epoch takes a fraction of a second on the sample, so a line 2 s
+# old named an epoch long gone and Stop seemed to land epochs late (issue 18); this part is light
+PROGRESS_SECONDS = 0.5
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session", "bind": "query-params"}
 
@@ -108,8 +111,10 @@ def show_live_panel() -> None:
     """Scroll the live panel (at the top) into view: Start and Resume are clicked far below it, and the
     browser keeps its scroll position across the rerun, so the run's progress would start out of sight."""
     st.html(
-        f"<script>document.querySelector('.st-key-{LIVE_PANEL}')"
-        "?.scrollIntoView({block: 'start', behavior: 'instant'});</script>",
+        f"<script>{{ const panel = document.querySelector('.st-key-{LIVE_PANEL}');"
+        # clear of the navigation bar that stays at the top of the window
+        "if (panel) { panel.style.scrollMarginTop = '80px';"
+        " panel.scrollIntoView({block: 'start', behavior: 'instant'}); } }</script>",
         unsafe_allow_javascript=True,  # our own constant script, no user input
     )
 
@@ -148,7 +153,7 @@ def _loss_name(run_dir: str | None) -> str:
 
 
 def live(was_running: bool) -> None:
-    """The run this process trains (or trained last): progress, Stop, curves. Polled while it runs."""
+    """The run this process trains (or trained last): its progress and Stop. Polled while it runs."""
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
     snapshot = manager.snapshot()
@@ -173,11 +178,19 @@ def live(was_running: bool) -> None:
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
         _outcome(snapshot)
-        if snapshot.history:
-            history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
-        if snapshot.messages:
-            with st.expander("Log"):
-                st.code("\n".join(snapshot.messages[-30:]), language=None)
+
+
+def live_curves() -> None:
+    """The live run's curves and log (a fragment of their own, redrawn less often than the progress)."""
+    trainers = state.trainers()
+    snapshot = (trainers.active() or trainers.manager(state.checkpoints())).snapshot()
+    if snapshot.status == "idle":
+        return
+    if snapshot.history:
+        history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
+    if snapshot.messages:
+        with st.expander("Log"):
+            st.code("\n".join(snapshot.messages[-30:]), language=None)
 
 
 def _outcome(snapshot) -> None:
@@ -640,7 +653,8 @@ folder = state.checkpoints()
 st.title(":material/model_training: Train")
 running = state.trainers().active() is not None
 with st.container(key=LIVE_PANEL):
-    st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
+    st.fragment(live, run_every=PROGRESS_SECONDS if running else None)(running)
+    st.fragment(live_curves, run_every=POLL_SECONDS if running else None)()
 if st.session_state.pop(SHOW_LIVE_KEY, False):
     show_live_panel()
 if running:

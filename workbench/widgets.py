@@ -470,6 +470,38 @@ def _training_sidebar(was_active: bool) -> None:
     st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
 
 
+NOT_SCORED = "#d9d9d9"  # posters the run did not score: grey, never a colour that means something
+OUTCOME_COLOURS = {"right": "#2ca02c", "partly": "#ff7f0e", "wrong": "#d62728"}
+OTHER_COMBINATIONS = "(other combinations)"
+MAP_CATEGORIES = 12  # distinct colours a reader can tell apart; the rarest combinations share one
+
+
+def _categories(points: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(points, legend order, colours) for a categorical colour: outcomes in their own colours, "not
+    scored" always grey, the most common values in distinct colours and the rest as one grey-blue."""
+    from posterlab.evaluation.figures import PALETTE
+
+    values = points["colour"].fillna("").astype(str)
+    unscored = values.str.startswith("not scored")
+    counts = values[~unscored].value_counts()
+    if len(counts) > MAP_CATEGORIES:
+        keep = set(counts.index[: MAP_CATEGORIES - 1])
+        values = values.where(unscored | values.isin(keep), OTHER_COMBINATIONS)
+        counts = values[~unscored].value_counts()
+    points = points.assign(colour=values)
+    if set(counts.index) <= set(OUTCOME_COLOURS):
+        domain = [o for o in OUTCOME_COLOURS if o in counts.index]
+        colours = [OUTCOME_COLOURS[o] for o in domain]
+    else:
+        domain = [v for v in counts.index if v != OTHER_COMBINATIONS]
+        colours = [PALETTE[i % len(PALETTE)] for i in range(len(domain))]
+        if OTHER_COMBINATIONS in counts.index:
+            domain, colours = domain + [OTHER_COMBINATIONS], colours + ["#9fb3c8"]
+    for value in sorted(set(values[unscored])):
+        domain, colours = domain + [value], colours + [NOT_SCORED]
+    return points, domain, colours
+
+
 def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
     """The map as a Vega-Lite scatter: colour by the chosen column, the poster and title on hover, a
     box selects posters (``explore`` page, ``benchmarks/map.py``)."""
@@ -488,7 +520,15 @@ def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
             "colour:N", scale=alt.Scale(domain=["yes", "no"], range=[tint, "#d9d9d9"]), title=colour
         )
     else:
-        encoding = alt.Color("colour:N", title=colour)
+        points, domain, colours = _categories(points)
+        encoding = alt.Color(
+            "colour:N",
+            scale=alt.Scale(domain=domain, range=colours),
+            title=colour,
+            # the whole name: Vega-Lite cuts labels at 160 px, and "Drama | Comedy | Roma…" stood for
+            # three different combinations
+            legend=alt.Legend(labelLimit=0, symbolLimit=0),
+        )
     picked = alt.selection_interval(name="picked", encodings=["x", "y"])
     tooltip = [
         alt.Tooltip("thumbnail:N", title="image"),
