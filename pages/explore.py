@@ -144,7 +144,7 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     extra_column = "label_loss" if chosen else "loss"
     captions = [caption(row, f"loss {row[extra_column]:.2f}") for _, row in rows.iterrows()]
     if show_cam:
-        target = (chosen, "the label of this loss") if chosen else (lambda row: _cam_target(row, labels))
+        target = (chosen, "the chosen label") if chosen else (lambda row: _cam_target(row, labels))
         grid(rows, captions, target, run, method)
     else:
         grid(rows, captions)
