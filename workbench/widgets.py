@@ -336,10 +336,19 @@ def bounded_number(
         where.error(f"{label}: give a number", icon=":material/block:")
         return None
     if typed < low or (high is not None and typed > high):
-        span = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
-        where.error(f"{label}: {typed:g} is out of range; give a value {span}", icon=":material/block:")
+        span = (
+            f"from {_number(low)} to {_number(high)}" if high is not None else f"of at least {_number(low)}"
+        )
+        where.error(
+            f"{label}: {_number(typed)} is out of range; give a value {span}", icon=":material/block:"
+        )
         return None
     return typed
+
+
+def _number(value: float) -> str:
+    """A bound as typed: 2147483647, not 2.14748e+09; 0.5, not 0.500000."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def forget_invalid(key: str, options: Sequence) -> None:
