@@ -152,4 +152,3 @@ with st.sidebar:
     training_sidebar(state.trainers().active() is not None)
 carry_settings(page.url_path)  # the settings in the URL follow the user from page to page
 page.run()
-state.warm_demo()  # once per server, after the first page is drawn: the Demo page then opens sooner

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import threading
@@ -30,8 +29,6 @@ from posterlab.training.manager import TrainingManager
 
 if TYPE_CHECKING:
     from posterlab.serving import Loaded, ModelCache
-
-log = logging.getLogger(__name__)
 
 DATASET_KEY = "posterlab_dataset"  # the dataset path the sidebar resolved (a sample name, folder, CSV, zip)
 CHECKPOINTS_KEY = "posterlab_checkpoints"  # the checkpoints folder the sidebar resolved
@@ -344,22 +341,6 @@ def _projection(path: str, stamp: str, backbone: str, fit: str, method: str) -> 
 def projection(path: str, backbone: str, fit: str, method: str) -> np.ndarray:
     """2-D coordinates of the map (PCA, or t-SNE on demand), cached: reopening the map is instant."""
     return _projection(path, _stamp(path), backbone, fit, method)
-
-
-@st.cache_resource(show_spinner=False)
-def warm_demo() -> threading.Thread:
-    """Import the Gradio demo in the background, once per server process: importing gradio takes ~15 s
-    on 2 cores, which the Demo page would otherwise spend blank on its first visit."""
-    thread = threading.Thread(target=_import_demo, name="posterlab-demo-import", daemon=True)
-    thread.start()
-    return thread
-
-
-def _import_demo() -> None:
-    try:
-        import posterlab.demo  # noqa: F401
-    except ImportError as error:  # the Demo page says why, in its own words, when it is opened
-        log.info("the demo is not available: %s", error)
 
 
 @st.cache_resource(show_spinner=False)
