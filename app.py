@@ -7,14 +7,16 @@ URL (``?data=``), so a browser reload, or a link, comes back to it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 from posterlab import settings
 from posterlab.errors import PosterlabError
-from workbench import state, through_app
-from workbench.widgets import show_error, training_sidebar
+from workbench import through_app
+from workbench.keep import carry_settings
 
 SOURCES = {
     "sample": "Embedded posters: genres",
@@ -107,8 +109,20 @@ def checkpoint_settings() -> None:
     )
 
 
+@st.cache_resource(show_spinner=False)
+def tab_icon() -> Image.Image:
+    """The browser tab's icon, drawn here: a Material icon or an emoji as ``page_icon`` is fetched from a
+    font CDN by the browser, which fails offline (a broken icon and a failed request on every load)."""
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 2, 62, 62), radius=12, fill=(234, 88, 12))  # the demo's orange
+    draw.rectangle((18, 12, 46, 52), fill=(255, 255, 255))  # a poster
+    draw.rectangle((22, 16, 42, 36), fill=(251, 146, 60))
+    return icon
+
+
 through_app()  # a page's own URL on a fresh server must come through this file too (see its docstring)
-st.set_page_config(page_title="posterlab", page_icon=":material/movie:", layout="wide")
+st.set_page_config(page_title="posterlab", page_icon=tab_icon(), layout="wide")
 page = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -120,8 +134,21 @@ page = st.navigation(
     ],
     position="top",  # the sidebar is for settings; .streamlit/config.toml hides the pages/ folder's own menu
 )
+# a cold server's first page would stay blank while pandas, plotly and the core load (5-10 s on 2 cores):
+# the navigation above is drawn, and this says what is happening, until they are in
+starting = st.empty()
+if "workbench.widgets" not in sys.modules:
+    starting.info(
+        "Starting the workbench: loading its libraries (once per server, a few seconds)…",
+        icon=":material/hourglass_top:",
+    )
+from workbench import state  # noqa: E402  (see above)
+from workbench.widgets import show_error, training_sidebar  # noqa: E402
+
+starting.empty()
 with st.sidebar:
     dataset_settings()
     checkpoint_settings()
     training_sidebar(state.trainers().active() is not None)
+carry_settings(page.url_path)  # the settings in the URL follow the user from page to page
 page.run()

@@ -22,6 +22,12 @@ LEADING = ("run", "status", "backbone", "mode", "data", "target")
 TRAILING = ("epochs", "seconds", "started", "labels", "error")
 
 
+def plot(where, figure, key: str) -> None:
+    """A chart with plotly's tool buttons down its right side: along the top (the default) they covered
+    the start of a long title on hover."""
+    where.plotly_chart(figure.update_layout(modebar={"orientation": "v"}), key=key)
+
+
 def delete(path: Path) -> None:
     """Delete button: remove a run folder (refused while it trains)."""
     try:
@@ -70,10 +76,11 @@ def curves(chosen: list[Run]) -> None:
         index=keys.index(default),
         key="compare_curve_metric",
         persist_state="session",
+        bind="query-params",
     )
     longest = max(len(r.history) for r in chosen)
     figure = figures.curves({r.name: r.history for r in chosen}, metric)
-    st.plotly_chart(integer_epochs(figure, longest), key="compare_curves")
+    plot(st, integer_epochs(figure, longest), key="compare_curves")
 
 
 def _verdict(row: pd.Series, metrics: list[str]) -> str:
@@ -104,7 +111,15 @@ def test_metrics(chosen: list[Run]) -> None:
             model, base = table[run.name], table[f"{run.name} (baseline)"]
             worse = (model >= base) & lower | (model <= base) & ~lower
             table[f"{run.name}: vs baseline"] = ["below" if w else "" for w in worse.fillna(False)]
-    st.dataframe(table, key="compare_test_metrics")
+    # a metric a run (or its baseline) does not have is a dash: st.dataframe writes a missing number as
+    # the word "None"
+    numbers = [c for c in table.columns if not str(c).endswith(": vs baseline")]
+    shown = table.astype(object)
+    for column in numbers:
+        shown[column] = [
+            "–" if pd.isna(v) else f"{v:.3f}" for v in pd.to_numeric(table[column], errors="coerce")
+        ]
+    st.dataframe(shown, key="compare_test_metrics")
     st.caption(
         "“below”: no better than the baseline that predicts the training prevalence (or majority class)."
     )
@@ -119,6 +134,7 @@ def per_label(chosen: list[Run]) -> None:
         [c for c in ("f1", "ap", "roc_auc", "precision", "recall") if c in table],
         key="compare_label_metric",
         persist_state="session",
+        bind="query-params",
     )
     rows = run.metrics["test"]["per_label"]
     # a model that guesses has the label's prevalence as its average precision: draw it as the baseline
@@ -127,7 +143,7 @@ def per_label(chosen: list[Run]) -> None:
         if metric == "ap" and "prevalence" in table
         else None
     )
-    st.plotly_chart(figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
+    plot(st, figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
     st.dataframe(table, key="compare_label_table")
     if "prevalence" in table:
         st.caption("prevalence is also the average precision (ap) of a model that guesses.")
@@ -149,9 +165,10 @@ def curves_roc(chosen: list[Run]) -> None:
     points = interpret.roc_pr_points(predictions)
     left, right = st.columns(2)
     labels = run.metrics["labels"]
-    left.plotly_chart(figures.roc(points, labels=labels), key="compare_roc")
-    right.plotly_chart(figures.precision_recall(points, labels=labels), key="compare_pr")
-    st.plotly_chart(
+    plot(left, figures.roc(points, labels=labels), key="compare_roc")
+    plot(right, figures.precision_recall(points, labels=labels), key="compare_pr")
+    plot(
+        st,
         figures.reliability_plot(interpret.reliability(predictions), "Calibration on the test posters"),
         key="compare_reliability",
     )
@@ -166,8 +183,14 @@ def errors(chosen: list[Run]) -> None:
         return
     if run.model and run.model["rule"]["task"] != "multilabel":
         matrix = interpret.confusion(predictions)
-        share = st.toggle("Share of each true class", key="compare_confusion_norm", persist_state="session")
-        st.plotly_chart(
+        share = st.toggle(
+            "Share of each true class",
+            key="compare_confusion_norm",
+            persist_state="session",
+            bind="query-params",
+        )
+        plot(
+            st,
             figures.heatmap(matrix, "Confusion on the test posters (rows: truth)", normalise_rows=share),
             key="compare_confusion",
         )
@@ -235,6 +258,7 @@ picked = st.multiselect(
     default=comparable(runs),
     key="compare_runs",
     persist_state="session",
+    bind="query-params",
     help="Completed or stopped runs. At first: the newest finished run and those that predict the same labels.",
 )
 chosen = [by_name[n] for n in picked]
@@ -245,7 +269,10 @@ if len({_target(r) for r in chosen}) > 1:
     )
 if chosen:
     tabs = st.tabs(
-        ["Curves", "Test metrics", "Per label", "ROC / PR", "Confusion"], key="compare_tab", on_change="rerun"
+        ["Curves", "Test metrics", "Per label", "ROC / PR", "Confusion"],
+        key="compare_tab",
+        on_change="rerun",
+        bind="query-params",
     )
     for tab, view in zip(tabs, (curves, test_metrics, per_label, curves_roc, errors), strict=True):
         if tab.open:  # only the open tab is computed

@@ -16,6 +16,7 @@ from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures
 from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 from workbench import state, through_app
+from workbench.titles import readable_title
 from workbench.widgets import augment_controls, balance_control, label_controls, require_dataset, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
@@ -59,6 +60,7 @@ st.caption(f"Target: {rule.describe()}. The Train page starts from this selectio
 tab_labels, tab_splits, tab_images, tab_cleaning, tab_augment = st.tabs(
     ["Labels", "Splits & balancing", "Image sizes", "Cleaning report", "Augmentation preview"],
     key="dataset_tab",
+    bind="query-params",  # a refresh (or a link) opens the same tab
     on_change="rerun",  # only the open tab is computed
 )
 
@@ -92,6 +94,7 @@ if tab_labels.open:
                 "Show as share of the row's genre",
                 key="dataset_cooc_norm",
                 persist_state="session",
+                bind="query-params",
                 help="P(column | row)",
             )
             st.plotly_chart(
@@ -171,10 +174,21 @@ if tab_augment.open:
             format_func=lambda name: BACKBONES[name].title,
             key="dataset_aug_backbone",
             persist_state="session",
+            bind="query-params",
         )
-        fit = c2.selectbox("Fit to the square input", FITS, key="dataset_aug_fit", persist_state="session")
-        count = c3.slider("Posters", 1, 8, 4, key="dataset_aug_posters", persist_state="session")
-        views = c4.slider("Views each", 1, 6, 4, key="dataset_aug_views", persist_state="session")
+        fit = c2.selectbox(
+            "Fit to the square input",
+            FITS,
+            key="dataset_aug_fit",
+            persist_state="session",
+            bind="query-params",
+        )
+        count = c3.slider(
+            "Posters", 1, 8, 4, key="dataset_aug_posters", persist_state="session", bind="query-params"
+        )
+        views = c4.slider(
+            "Views each", 1, 6, 4, key="dataset_aug_views", persist_state="session", bind="query-params"
+        )
         augment = augment_controls("dataset_aug")
         st.button("New draw", icon=":material/casino:", key="dataset_aug_redraw")
         preprocess = Preprocess.for_backbone(backbone, fit)
@@ -187,7 +201,7 @@ if tab_augment.open:
             for _ in range(views):
                 array = denormalize(train(image), preprocess).permute(1, 2, 0).numpy()
                 shown_images.append((array * 255).astype(np.uint8))
-            title = getattr(poster, "title", "") or poster.id
+            title = readable_title(getattr(poster, "title", "") or "") or poster.id
             truth = "|".join(poster.genres) if has_genres else str(poster.label)
             st.image(
                 shown_images,

@@ -15,6 +15,7 @@ from posterlab.evaluation import figures, interpret
 from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
+from workbench.titles import readable_title
 from workbench.widgets import forget_invalid, map_chart, run_picker, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
@@ -22,6 +23,8 @@ through_app()  # before anything is drawn: see workbench.through_app
 COLUMNS = 6
 FAST_METHODS = [m for m in CAM_METHODS if m not in SLOW_CAM_METHODS]  # galleries: one pass per poster
 MARKS = {"right": "✓", "partly": "≈", "wrong": "✗"}
+POSTERS_PARAM = "posters"  # the URL's list of your posters (content digests; files under the cache)
+UPLOAD_GENERATION = "explore_upload_generation"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 
 
@@ -44,12 +47,13 @@ def caption(row: pd.Series, extra: str = "") -> str:
 def grid(
     rows: pd.DataFrame,
     captions: list[str],
-    cam_label: str | Callable[[pd.Series], str] | None = None,
+    cam_label: str | tuple[str, str] | Callable[[pd.Series], str | tuple[str, str]] | None = None,
     run: Run | None = None,
     method: str = "",
 ) -> None:
     """Posters in rows of ``COLUMNS``. With ``cam_label`` (a label, or a function of the row giving one),
-    each poster's Grad-CAM is drawn under it once the row's posters are on screen."""
+    each poster's Grad-CAM is drawn under it once the row's posters are on screen; a function may also
+    say why it chose that label (``(label, why)``), shown in the caption."""
     items = list(rows.iterrows())
     slot = st.empty()  # a new choice replaces the previous posters at once, not as their overlays come
     with slot.container():
@@ -73,9 +77,10 @@ def _rows(items: list, captions: list[str], cam_label, run: Run | None, method: 
             continue
         for column, row in shown:  # the slow part, after the posters, so the page fills in progressively
             label = cam_label(row) if callable(cam_label) else cam_label
+            label, why = label if isinstance(label, tuple) else (label, "")
             with column, st.spinner("Grad-CAM…"):
                 image, _ = state.overlay(run.path, row["image"], label, method)
-            column.image(image, caption=f"Grad-CAM: {label}", width="stretch")
+            column.image(image, caption=f"Grad-CAM: {label}" + (f" ({why})" if why else ""), width="stretch")
 
 
 def gallery(run: Run, table: pd.DataFrame, labels: list[str], multilabel: bool) -> None:
@@ -87,13 +92,18 @@ def gallery(run: Run, table: pd.DataFrame, labels: list[str], multilabel: bool) 
         choices,
         key="explore_outcome",
         persist_state="session",
+        bind="query-params",
         help="partly: some of the predicted genres are right",
     )
-    truth = c2.multiselect("Truth includes", labels, key="explore_truth", persist_state="session")
-    predicted = c3.multiselect(
-        "Prediction includes", labels, key="explore_predicted", persist_state="session"
+    truth = c2.multiselect(
+        "Truth includes", labels, key="explore_truth", persist_state="session", bind="query-params"
     )
-    count = c4.number_input("Posters", 6, 120, 24, step=6, key="explore_count", persist_state="session")
+    predicted = c3.multiselect(
+        "Prediction includes", labels, key="explore_predicted", persist_state="session", bind="query-params"
+    )
+    count = c4.number_input(
+        "Posters", 6, 120, 24, step=6, key="explore_count", persist_state="session", bind="query-params"
+    )
     rows = table
     if shown != "all":
         rows = rows[rows["outcome"] == shown]
@@ -115,13 +125,18 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     c1, c2, c3 = st.columns([2, 1, 1])
     forget_invalid("explore_loss_label", ["(every label)"] + labels)
     label = c1.selectbox(
-        "Loss on", ["(every label)"] + labels, key="explore_loss_label", persist_state="session"
+        "Loss on",
+        ["(every label)"] + labels,
+        key="explore_loss_label",
+        persist_state="session",
+        bind="query-params",
     )
-    k = c2.slider("How many", 1, 24, 6, key="explore_loss_k", persist_state="session")
+    k = c2.slider("How many", 1, 24, 6, key="explore_loss_k", persist_state="session", bind="query-params")
     show_cam = c3.toggle(
         "Grad-CAM",
         key="explore_loss_cam",
         persist_state="session",
+        bind="query-params",
         help="Where the model looked for the label",
     )
     chosen = None if label == "(every label)" else label
@@ -129,24 +144,31 @@ def losses(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> Non
     extra_column = "label_loss" if chosen else "loss"
     captions = [caption(row, f"loss {row[extra_column]:.2f}") for _, row in rows.iterrows()]
     if show_cam:
-        target = chosen or (lambda row: _top_label(row, labels))
+        target = (chosen, "the chosen label") if chosen else (lambda row: _cam_target(row, labels))
         grid(rows, captions, target, run, method)
     else:
         grid(rows, captions)
 
 
-def _top_label(row: pd.Series, labels: list[str]) -> str:
-    """The label a poster scored highest on."""
-    return max(labels, key=lambda label: row[f"p:{label}"])
+def _cam_target(row: pd.Series, labels: list[str]) -> tuple[str, str]:
+    """Which label's evidence to draw for a poster, and why: its surest predicted label, or, when no label
+    cleared its threshold, the one it scored highest (said, so that it does not read as a prediction)."""
+    predicted = [label for label in str(row.get("predicted") or "").split("|") if label in labels]
+    if predicted:
+        return max(predicted, key=lambda label: row[f"p:{label}"]), "predicted"
+    label = max(labels, key=lambda label: row[f"p:{label}"])
+    return label, f"not predicted: its highest score, {row[f'p:{label}']:.2f}"
 
 
 def ranked(run: Run, table: pd.DataFrame, labels: list[str], method: str) -> None:
     """Top-k posters by any label's probability (e.g. most fresh / most rotten), with Grad-CAM."""
     c1, c2, c3 = st.columns([2, 1, 1])
     forget_invalid("explore_rank_label", labels)
-    label = c1.selectbox("Label", labels, key="explore_rank_label", persist_state="session")
-    k = c2.slider("How many", 1, 18, 6, key="explore_rank_k", persist_state="session")
-    lowest = c3.toggle("Lowest instead", key="explore_rank_low", persist_state="session")
+    label = c1.selectbox(
+        "Label", labels, key="explore_rank_label", persist_state="session", bind="query-params"
+    )
+    k = c2.slider("How many", 1, 18, 6, key="explore_rank_k", persist_state="session", bind="query-params")
+    lowest = c3.toggle("Lowest instead", key="explore_rank_low", persist_state="session", bind="query-params")
     rows = interpret.ranked_by_label(table, label, k, lowest=lowest)
     st.caption(
         f"{'Lowest' if lowest else 'Highest'} p({label}); under each poster, Grad-CAM ({method}) of the "
@@ -171,7 +193,12 @@ def activations(run: Run, table: pd.DataFrame) -> None:
     c1, c2 = st.columns([2, 2])
     forget_invalid("explore_act_poster", list(titles))
     image = c1.selectbox(
-        "Poster", list(titles), format_func=titles.get, key="explore_act_poster", persist_state="session"
+        "Poster",
+        list(titles),
+        format_func=titles.get,
+        key="explore_act_poster",
+        persist_state="session",
+        bind="query-params",
     )
     level = c2.select_slider(
         "Stage (shallow → deep)",
@@ -180,6 +207,7 @@ def activations(run: Run, table: pd.DataFrame) -> None:
         format_func=lambda i: f"{i + 1}: {levels[i]}",
         key="explore_act_level",
         persist_state="session",
+        bind="query-params",
     )
     name, maps, mean = state.activations(run.path, image, level)
     left, middle, right = st.columns([1, 1, 3])
@@ -217,33 +245,44 @@ def _like_this(space, run: Run) -> None:
 
     frame = space.frame
     left, right = st.columns([2, 1])
-    titles = dict(zip(frame.index, frame["title"].astype(str), strict=True))
+    titles = dict(zip(frame.index, frame["title"].astype(str).map(readable_title), strict=True))
+    # the uploader first (drawn on the right): while a poster of yours is there, it is the one matched,
+    # and the picker says so instead of naming another poster
+    upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
+    if upload is not None:
+        st.session_state["explore_map_like"] = None
     chosen = left.selectbox(
         "Posters like this one",
         list(titles),
         format_func=titles.get,
         index=None,
         key="explore_map_like",
-        placeholder="pick a poster of the map…",
+        persist_state="session",
+        disabled=upload is not None,
+        placeholder="your poster (remove it to pick one of the map)"
+        if upload
+        else "pick a poster of the map…",
     )
-    upload = right.file_uploader("…or yours", type=UPLOAD_TYPES, key="explore_map_upload")
     if upload is not None:
         try:
             query = embed(space.backbone, space.fit, upload.getvalue(), upload.name)
         except PosterlabError as error:
             show_error(error)
             return
-        found, caption = space.neighbours(query, k=COLUMNS * 2), upload.name
+        found, caption, image = space.neighbours(query, k=COLUMNS * 2), upload.name, upload.getvalue()
     elif chosen is not None:
-        found, caption = (
-            space.neighbours(space.vectors[chosen], k=COLUMNS * 2, exclude=chosen),
-            titles[chosen],
-        )
+        found = space.neighbours(space.vectors[chosen], k=COLUMNS * 2, exclude=chosen)
+        caption, image = titles[chosen], frame.loc[chosen, "image"]
     else:
         return
     st.caption(f"Nearest to {caption} by cosine similarity of their embeddings; ≈ marks a near-duplicate.")
-    captions = [f"{'≈ ' if r.duplicate else ''}{r.similarity:.2f} · {r.title}" for r in found.itertuples()]
-    st.image(found["image"].tolist(), caption=captions, width=130)
+    query_column, found_column = st.columns([1, 6])
+    query_column.image(image, caption=f"matched: {caption}", width=130)  # the poster being matched
+    captions = [
+        f"{'≈ ' if r.duplicate else ''}{r.similarity:.2f} · {readable_title(str(r.title))}"
+        for r in found.itertuples()
+    ]
+    found_column.image(found["image"].tolist(), caption=captions, width=130)
 
 
 def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
@@ -259,6 +298,8 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         ["pca", "tsne"],
         horizontal=True,
         key="explore_map_method",
+        persist_state="session",
+        bind="query-params",
         format_func={"pca": "PCA", "tsne": "t-SNE"}.get,
         help="PCA: instant, the main directions in which posters differ. t-SNE: tighter "
         "clusters, about 20-40 s for 7,000 posters the first time (then cached).",
@@ -273,10 +314,17 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         show_error(error, path)
         return
     points = colour_columns(space, table, labels).assign(x=xy[:, 0], y=xy[:, 1])
+    points["title"] = points["title"].map(readable_title)
+    if "outcome" in points and "outcome" in table:  # the gallery's right / partly / wrong, not right or wrong
+        scored = table.drop_duplicates("id").set_index("id")["outcome"]
+        points["outcome"] = points["id"].map(scored).fillna("not scored")
     options = [f"label: {label}" for label in labels] + [
         c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
     ]
-    colour = c1.selectbox("Colour by", options, key="explore_map_colour")
+    forget_invalid("explore_map_colour", options)
+    colour = c1.selectbox(
+        "Colour by", options, key="explore_map_colour", persist_state="session", bind="query-params"
+    )
     event = st.altair_chart(map_chart(points, colour, labels), on_select="rerun", key="explore_map_chart")
     st.caption(
         f"{len(points):,} posters of `{state.display_name(path)}` · {backbone} embeddings ({fit}) · "
@@ -301,18 +349,40 @@ def _picked(event, points: pd.DataFrame) -> pd.DataFrame | None:
     return points[inside]
 
 
+def _forget_posters() -> None:
+    st.session_state[UPLOAD_GENERATION] = st.session_state.get(UPLOAD_GENERATION, 0) + 1
+    state.remember_posters(POSTERS_PARAM, [])
+
+
 def uploads(run: Run, method: str) -> None:
     """Your own posters: scores against thresholds, and Grad-CAM for the predicted labels."""
-    files = st.file_uploader("Posters", type=UPLOAD_TYPES, accept_multiple_files=True, key="explore_upload")
+    # a new uploader (a new key) after "Forget": Streamlit cannot empty one from Python
+    generation = st.session_state.get(UPLOAD_GENERATION, 0)
+    uploaded = st.file_uploader(
+        "Posters",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key=f"explore_upload_{generation}" if generation else "explore_upload",
+    )
+    files = state.kept_posters(POSTERS_PARAM, uploaded or [])
     if not files:
         st.caption("Upload one or more posters to score them with this run and see where it looked.")
         return
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.caption(
+        f"{len(files)} poster{'s' if len(files) > 1 else ''} of yours, kept across a refresh (in the page's "
+        "address) until you forget them."
+    )
+    right.button(
+        "Forget your posters", icon=":material/delete:", on_click=_forget_posters, key="explore_forget"
+    )
     method = st.selectbox(
         "Method for your posters",
         CAM_METHODS,
         index=CAM_METHODS.index(method),
         key="explore_upload_method",
         persist_state="session",
+        bind="query-params",
     )
     if method in SLOW_CAM_METHODS and not _slow_method_cost(run, method, files):
         return
@@ -352,15 +422,21 @@ if not runs:
     st.stop()
 top_left, top_middle, top_right = st.columns([3, 1, 1])
 with top_left:
-    run = run_picker(runs, "Run", key="explore_run")
+    run = run_picker(runs, "Run", key="explore_run", in_url=True)
 split = top_middle.radio(
-    "Posters", ["test", "val", "all"], horizontal=True, key="explore_split", persist_state="session"
+    "Posters",
+    ["test", "val", "all"],
+    horizontal=True,
+    key="explore_split",
+    persist_state="session",
+    bind="query-params",
 )
 method = top_right.selectbox(
     "Grad-CAM method",
     FAST_METHODS,
     key="explore_method",
     persist_state="session",
+    bind="query-params",
     help="Score-CAM (a forward pass per channel: minutes a poster here) is offered for your own posters only.",
 )
 try:
@@ -374,6 +450,8 @@ try:
         elsewhere = int((~here).sum())
         table = table[here].reset_index(drop=True)
         table = table.assign(outcome=table.apply(outcome, axis=1)) if not table.empty else table
+        if "title" in table:  # broken encodings from the source data, repaired where they can be
+            table["title"] = table["title"].map(readable_title)
 except PosterlabError as error:
     show_error(error)
     st.stop()
@@ -387,6 +465,7 @@ st.caption(
 tab_gallery, tab_losses, tab_ranked, tab_map, tab_maps, tab_uploads = st.tabs(
     ["Predictions vs truth", "Top losses", "Top by label", "Map", "Activation maps", "Your posters"],
     key="explore_tab",
+    bind="query-params",  # a refresh (or a link) opens the same tab
     on_change="rerun",  # only the open tab runs: Grad-CAM is computed for what is on screen
 )
 if table.empty and not (tab_uploads.open or tab_map.open):

@@ -21,10 +21,35 @@ st.markdown(
     "ImageNet backbones, and shows **why** with Grad-CAM."
 )
 
-dataset_box, runs_box, device_box = st.columns(3)
+# the cards' frames and the links first, their contents after: reading the dataset, the runs folder and
+# torch takes seconds on a cold server, and the page should not wait blank for them
+cards = {}
+for column, title in zip(
+    st.columns(3),
+    (":material/photo_library: Dataset", ":material/leaderboard: Runs", ":material/memory: Device"),
+    strict=True,
+):
+    box = column.container(border=True)
+    box.markdown(f"##### {title}")
+    cards[title.rsplit(" ", 1)[-1]] = box.empty()
+    cards[title.rsplit(" ", 1)[-1]].caption("…")
 
-with dataset_box.container(border=True):
-    st.markdown("##### :material/photo_library: Dataset")
+st.subheader("Where to go")
+left, right = st.columns(2)
+with left:
+    st.page_link("pages/dataset.py", label="Dataset", icon=":material/photo_library:")
+    st.caption("Distributions, co-occurrence, splits, cleaning, genre selection, balancing, augmentation.")
+    st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
+    st.caption("Pick a backbone and mode; training runs in the background with live curves.")
+    st.page_link("pages/compare.py", label="Compare", icon=":material/leaderboard:")
+    st.caption("Runs side by side against their baselines: curves, per-label tables, ROC/PR, confusion.")
+with right:
+    st.page_link("pages/explore.py", label="Explore", icon=":material/image_search:")
+    st.caption("Predictions vs truth, top losses, top posters per label with Grad-CAM, your own posters.")
+    st.page_link("pages/demo.py", label="Demo", icon=":material/rocket_launch:")
+    st.caption("The Gradio demo, as it runs standalone or on Hugging Face Spaces.")
+
+with cards["Dataset"].container():
     path = state.dataset_path()
     if path:
         dataset = state.dataset(path)
@@ -40,8 +65,7 @@ with dataset_box.container(border=True):
     else:
         st.info("No dataset: pick one in the sidebar.")
 
-with runs_box.container(border=True):
-    st.markdown("##### :material/leaderboard: Runs")
+with cards["Runs"].container():
     runs = list_runs(state.checkpoints())
     st.metric("Runs", len(runs))
     if runs:
@@ -62,25 +86,9 @@ with runs_box.container(border=True):
     else:
         st.caption(f"None yet in `{state.checkpoints()}`: start one on Train.")
 
-st.subheader("Where to go")
-left, right = st.columns(2)
-with left:
-    st.page_link("pages/dataset.py", label="Dataset", icon=":material/photo_library:")
-    st.caption("Distributions, co-occurrence, splits, cleaning, genre selection, balancing, augmentation.")
-    st.page_link("pages/train.py", label="Train", icon=":material/model_training:")
-    st.caption("Pick a backbone and mode; training runs in the background with live curves.")
-    st.page_link("pages/compare.py", label="Compare", icon=":material/leaderboard:")
-    st.caption("Runs side by side against their baselines: curves, per-label tables, ROC/PR, confusion.")
-with right:
-    st.page_link("pages/explore.py", label="Explore", icon=":material/image_search:")
-    st.caption("Predictions vs truth, top losses, top posters per label with Grad-CAM, your own posters.")
-    st.page_link("pages/demo.py", label="Demo", icon=":material/rocket_launch:")
-    st.caption("The Gradio demo, as it runs standalone or on Hugging Face Spaces.")
-
-with device_box.container(border=True):  # last: importing torch takes seconds, the rest is drawn first
+with cards["Device"].container():  # last: importing torch takes seconds
     import torch
 
-    st.markdown("##### :material/memory: Device")
     if torch.cuda.is_available():
         st.metric("GPU", torch.cuda.get_device_name(0))
         st.caption(f"CUDA {torch.version.cuda} · mixed precision and channels-last when training")

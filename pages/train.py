@@ -39,6 +39,7 @@ from workbench.widgets import (
     STATUS_ICONS,
     augment_controls,
     balance_control,
+    bounded_number,
     elapsed,
     integer_epochs,
     label_controls,
@@ -59,10 +60,20 @@ LR_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 FLASH_KEY = "train_flash"
 STARTED_KEY = "train_started"  # runs started in this session
 START_KEY = "train_start_requested"
-POLL_SECONDS = 2.0
+SHOW_LIVE_KEY = "train_show_live"  # set by Start and Resume: bring the live panel into view once
+LIVE_PANEL = "train_live"  # the live panel's container key (its CSS class is st-key-train_live)
+POLL_SECONDS = 2.0  # the curves and the log, redrawn while a run trains
+# the progress line and Stop: a probe's epoch takes a fraction of a second on the sample, so a line 2 s
+# old named an epoch long gone and Stop seemed to land epochs late (issue 18); this part is light
+PROGRESS_SECONDS = 0.5
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
-REMEMBER = {"persist_state": "session"}
+REMEMBER = {"persist_state": "session", "bind": "query-params"}
 SEARCH_STOPPED = "Stopped during its search: the finished trials are kept in its study; Resume continues it."
+
+
+def whole(value: float | None) -> int | None:
+    """A number input's value as an int (None, a refused value, stays None)."""
+    return None if value is None else int(value)
 
 
 def start(folder: Path, config: RunConfig, processes: int) -> None:
@@ -72,6 +83,7 @@ def start(folder: Path, config: RunConfig, processes: int) -> None:
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
     else:
+        st.session_state[SHOW_LIVE_KEY] = True
         # a name is used once: the next run gets a fresh, empty name field (clearing this one's state
         # would fight the widget's remembered value)
         st.session_state[STARTED_KEY] = st.session_state.get(STARTED_KEY, 0) + 1
@@ -94,6 +106,20 @@ def resume(folder: Path, run_dir: Path, processes: int) -> None:
         state.trainers().resume(folder, run_dir, processes)
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
+    else:
+        st.session_state[SHOW_LIVE_KEY] = True
+
+
+def show_live_panel() -> None:
+    """Scroll the live panel (at the top) into view: Start and Resume are clicked far below it, and the
+    browser keeps its scroll position across the rerun, so the run's progress would start out of sight."""
+    st.html(
+        f"<script>{{ const panel = document.querySelector('.st-key-{LIVE_PANEL}');"
+        # clear of the navigation bar that stays at the top of the window
+        "if (panel) { panel.style.scrollMarginTop = '80px';"
+        " panel.scrollIntoView({block: 'start', behavior: 'instant'}); } }</script>",
+        unsafe_allow_javascript=True,  # our own constant script, no user input
+    )
 
 
 def monitor_key(history: list[dict]) -> str | None:
@@ -130,7 +156,7 @@ def _loss_name(run_dir: str | None) -> str:
 
 
 def live(was_running: bool) -> None:
-    """The run this process trains (or trained last): progress, Stop, curves. Polled while it runs."""
+    """The run this process trains (or trained last): its progress and Stop. Polled while it runs."""
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
     snapshot = manager.snapshot()
@@ -155,13 +181,21 @@ def live(was_running: bool) -> None:
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
         _outcome(snapshot)
-        if snapshot.run_dir and (Path(snapshot.run_dir) / "config.json").exists():
-            study_panel(Path(snapshot.run_dir), load_run(snapshot.run_dir).config, "train_live_study")
-        if snapshot.history:
-            history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
-        if snapshot.messages:
-            with st.expander("Log"):
-                st.code("\n".join(snapshot.messages[-30:]), language=None)
+
+
+def live_curves() -> None:
+    """The live run's curves and log (a fragment of their own, redrawn less often than the progress)."""
+    trainers = state.trainers()
+    snapshot = (trainers.active() or trainers.manager(state.checkpoints())).snapshot()
+    if snapshot.status == "idle":
+        return
+    if snapshot.run_dir and (Path(snapshot.run_dir) / "config.json").exists():
+        study_panel(Path(snapshot.run_dir), load_run(snapshot.run_dir).config, "train_live_study")
+    if snapshot.history:
+        history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
+    if snapshot.messages:
+        with st.expander("Log"):
+            st.code("\n".join(snapshot.messages[-30:]), language=None)
 
 
 def _outcome(snapshot) -> None:
@@ -236,10 +270,11 @@ def model_section() -> dict:
     if mode != "full" and not pretrained:
         st.warning("Without pretraining, a frozen backbone holds random features: use full.")
     left, middle, right = st.columns(3)
-    epochs = left.number_input(
-        "Epochs", 1, 1000, TrainConfig(mode=mode).epochs, key=f"train_epochs_{mode}", **REMEMBER
+    epochs = bounded_number(
+        left, "Epochs", 1, 1000, TrainConfig(mode=mode).epochs, key=f"train_epochs_{mode}", **REMEMBER
     )
-    batch = middle.number_input(
+    batch = bounded_number(
+        middle,
         "Batch size",
         1,
         1024,
@@ -248,7 +283,8 @@ def model_section() -> dict:
         help=describe(TrainConfig, "batch_size"),
         **REMEMBER,
     )
-    patience = right.number_input(
+    patience = bounded_number(
+        right,
         "Early-stop patience",
         0,
         100,
@@ -270,9 +306,9 @@ def model_section() -> dict:
         "backbone": backbone,
         "pretrained": pretrained,
         "mode": mode,
-        "epochs": int(epochs),
-        "batch_size": int(batch),
-        "patience": int(patience),
+        "epochs": whole(epochs),
+        "batch_size": whole(batch),
+        "patience": whole(patience),
         "lr": float(lr),
     }
 
@@ -298,20 +334,24 @@ def data_section(path: str) -> tuple[LabelConfig | None, dict]:
         help=describe(DataConfig, "fit"),
         **REMEMBER,
     )
-    limit = right.number_input(
+    limit = bounded_number(
+        right,
         "Poster limit (0: all)",
-        min_value=0,
-        value=defaults.limit or 0,
+        0,
+        None,
+        defaults.limit or 0,
         step=50,
         key="train_limit",
         help=describe(DataConfig, "limit"),
         **REMEMBER,
     )
+    if limit is None:  # out of range: refused under its field
+        labels = None
     return labels, {
         "balance": balance,
         "fit": (fits or ["crop"])[0],
         "extra_fits": tuple(fits[1:]),
-        "limit": int(limit) or None,
+        "limit": whole(limit) or None,
     }
 
 
@@ -334,8 +374,8 @@ def _optimisation_settings(column, mode: str) -> dict:
         "schedule": column.selectbox(
             "Schedule", SCHEDULES, index=SCHEDULES.index(d.schedule), key="train_schedule", **REMEMBER
         ),
-        "warmup_epochs": int(
-            column.number_input("Warm-up epochs", 0, 100, d.warmup_epochs, key="train_warmup", **REMEMBER)
+        "warmup_epochs": whole(
+            bounded_number(column, "Warm-up epochs", 0, 100, d.warmup_epochs, key="train_warmup", **REMEMBER)
         ),
     }
     return values
@@ -370,8 +410,9 @@ def _finetune_settings(column, mode: str) -> dict:
     d = DEFAULTS
     off = mode == "probe"
     return {
-        "unfreeze": int(
-            column.number_input(
+        "unfreeze": whole(
+            bounded_number(
+                column,
                 "Finetune: stages that train",
                 1,
                 8,
@@ -381,8 +422,9 @@ def _finetune_settings(column, mode: str) -> dict:
                 **REMEMBER,
             )
         ),
-        "gradual_every": int(
-            column.number_input(
+        "gradual_every": whole(
+            bounded_number(
+                column,
                 "Finetune: one more stage every N epochs (0: all at once)",
                 0,
                 100,
@@ -431,7 +473,7 @@ def _run_settings(column) -> dict:
         "device": column.selectbox(
             "Device", DEVICES, index=DEVICES.index(d.device), key="train_device", **REMEMBER
         ),
-        "seed": int(column.number_input("Seed", 0, 2**31 - 1, d.seed, key="train_seed", **REMEMBER)),
+        "seed": whole(bounded_number(column, "Seed", 0, 2**31 - 1, d.seed, key="train_seed", **REMEMBER)),
         "save_dtype": column.selectbox(
             "Save weights as",
             SAVE_DTYPES,
@@ -480,8 +522,8 @@ def build_config(
     path: str, labels: LabelConfig | None, data: dict, train: dict, name: str
 ) -> RunConfig | None:
     """The ``RunConfig`` the form describes (None, with the reason shown, when it is not valid)."""
-    if labels is None:
-        return None
+    if labels is None or None in train.values():
+        return None  # a value out of range: refused under its field (``bounded_number``)
     try:
         seed = train["seed"]
         return RunConfig(
@@ -536,8 +578,18 @@ def new_run_form(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------ runs
 
 
+def training_now(run: Run) -> bool:
+    """Whether this process trains ``run`` right now (its folder on disk still shows how it was)."""
+    active = state.trainers().active()
+    snapshot = active.snapshot() if active is not None else None
+    return bool(snapshot and snapshot.run_dir) and Path(snapshot.run_dir).resolve() == run.path.resolve()
+
+
 def saved_run(folder: Path, run: Run) -> None:
     """One run as read back from disk: how it ended (and why), its time, Resume, test figures, curves."""
+    if training_now(run):  # resumed: its folder's figures are the old session's until it ends
+        st.markdown(f"{STATUS_ICONS['running']} **training now**: its progress is at the top of the page.")
+        return
     status = run.status
     epochs = run.config.train.epochs
     line = f"{STATUS_ICONS.get(run.state, '')} **{run.state}** · started {when(status.get('started'))}"
@@ -600,7 +652,11 @@ through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
 running = state.trainers().active() is not None
-st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
+with st.container(key=LIVE_PANEL):
+    st.fragment(live, run_every=PROGRESS_SECONDS if running else None)(running)
+    st.fragment(live_curves, run_every=POLL_SECONDS if running else None)()
+if st.session_state.pop(SHOW_LIVE_KEY, False):
+    show_live_panel()
 if running:
     st.info(
         "A run is training; you can keep using the other pages. Another Start is refused until it ends.",

@@ -52,6 +52,8 @@ CONCURRENCY = 2
 QUEUE_SIZE = 32
 MODEL_CACHE = 4  # models kept in memory per demo (least recently used goes first)
 GALLERY_TOP = 4  # posters per side in the fresh-or-rotten view
+TABLE_WIDTH = 400  # px: the threshold table's four columns without a word or number broken
+OVERLAY_COLUMNS = 4  # Grad-CAM overlays per row, across the tab's width
 METRIC_NAMES = {
     "map": "mAP",
     "micro_f1": "micro-F1",
@@ -487,24 +489,30 @@ def _poster_tab(state: DemoState, first: Run) -> dict:
                     examples_per_page=len(state.examples),
                     cache_examples=False,
                 )
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=TABLE_WIDTH):
             verdict = gr.Markdown(elem_classes=["verdict"])
+            # min widths, not fixed ones: side by side where there is room (a tab of its own), one under
+            # the other in a narrow frame (embedded in the workbench, beside its sidebar) instead of
+            # squeezing the table until its words and numbers break ("thre shol d", "0. 553")
             with gr.Row():
-                scores = gr.Label(label="Probabilities", show_label=True, scale=1)
+                scores = gr.Label(label="Probabilities", show_label=True, scale=1, min_width=220)
                 table = gr.Dataframe(
                     headers=["label", "p", "threshold", "clears"],
                     label="Each label against its threshold",
                     interactive=False,
-                    wrap=True,
+                    wrap=False,
                     scale=1,
+                    min_width=TABLE_WIDTH,
                     column_widths=["34%", "18%", "26%", "22%"],
                 )
-            overlays = gr.Gallery(
-                label="Grad-CAM per predicted label, on the crop the model saw",
-                columns=5,
-                height="auto",
-                object_fit="contain",
-            )
+    # the overlays get the tab's whole width: in the results column they were cut to strips
+    overlays = gr.Gallery(
+        label="Grad-CAM per predicted label, on the crop the model saw",
+        columns=OVERLAY_COLUMNS,
+        height="auto",
+        object_fit="contain",
+        elem_classes=["overlays"],
+    )
     with gr.Accordion("Explain any label", open=False):
         with gr.Row():
             pick = gr.Dropdown(
@@ -569,7 +577,11 @@ def layout(state: DemoState) -> gr.Blocks:
     """The Blocks app over ``state``: layout and wiring."""
     first = next(iter(state.runs.values()))
     heavy = {"concurrency_limit": CONCURRENCY, "concurrency_id": "model"}
-    with gr.Blocks(title="posterlab demo", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
+    # fill_width: the whole frame, not a centred column ~700 px wide (embedded in the workbench the
+    # frame is already narrower than a tab of its own)
+    with gr.Blocks(
+        title="posterlab demo", analytics_enabled=False, delete_cache=(3600, 7200), fill_width=True
+    ) as demo:
         gr.Markdown(
             "# posterlab: what can a poster tell about its film?\n"
             "Upload a movie poster. The model scores every label, says which clear their thresholds, "

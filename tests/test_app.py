@@ -193,6 +193,43 @@ def test_the_train_form_starts_from_the_config_defaults(app) -> None:
     assert app.selectbox(key="train_optimizer").options == ["adamw", "sgd"]  # the config's choices
 
 
+def test_a_number_out_of_range_is_refused_where_it_is_typed(app) -> None:
+    """Patience 150 (at most 100): an error under the field and no Start, never the previous value."""
+    page(app, "train")
+    app.number_input(key="train_patience").set_value(150).run()
+    assert_clean(app)
+    assert "Early-stop patience: 150 is out of range; give a value from 0 to 100" in texts(app.error)
+    assert app.button(key="train_start").disabled
+    app.number_input(key="train_patience").set_value(40).run()
+    assert not [t for t in texts(app.error) if "out of range" in t]
+    assert not app.button(key="train_start").disabled
+    assert json.loads(app.json[0].value)["train"]["patience"] == 40
+
+
+def test_settings_come_back_from_the_page_url(checkpoints, fake_demo) -> None:
+    """A refresh (a new session) of a URL the workbench wrote gives the same form: labels, balancing,
+    patience, epochs; and they follow the user to another page and back."""
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.query_params |= {
+        f"{SAMPLE}_how": "Top N",
+        f"{SAMPLE}_balance": "oversample: repeat posters of rare labels (augmented differently each epoch)",
+        "train_patience": "40",
+        "train_epochs_probe": "400",
+    }
+    at.switch_page("pages/train.py").run()
+    assert_clean(at)
+    assert at.radio(key=f"{SAMPLE}_how").value == "top"
+    assert at.number_input(key=f"{SAMPLE}_top").value == 6
+    assert at.selectbox(key=f"{SAMPLE}_balance").value == "oversample"
+    assert at.number_input(key="train_patience").value == 40
+    config = json.loads(at.json[0].value)
+    assert (config["train"]["patience"], config["train"]["epochs"]) == (40, 400)
+    assert (config["data"]["labels"]["top_n"], config["data"]["balance"]) == (6, "oversample")
+    page(at, "dataset")
+    assert at.radio(key=f"{SAMPLE}_how").value == "top"
+    assert at.selectbox(key=f"{SAMPLE}_balance").value == "oversample"
+
+
 def test_dataset_selection_and_balancing(app) -> None:
     """Top-N, pick, Other and merges change the labels; undersampling shows before/after; Train shares it."""
     page(app, "dataset")
@@ -378,7 +415,7 @@ def test_failed_run_shows_its_error_also_after_a_restart(app, checkpoints) -> No
 def test_explore_a_run(app) -> None:
     """Gallery filters, top losses with Grad-CAM, activation maps, top fresh posters with Grad-CAM, uploads."""
     page(app, "explore")
-    picker(app, "explore_run").set_value("genres-small").run()
+    app.selectbox(key="explore_run").set_value("genres-small").run()
     assert_clean(app)
     gallery = len(app.get("image"))
     assert gallery > 0
@@ -411,7 +448,7 @@ def test_explore_a_run(app) -> None:
     assert any(c.startswith("Nearest to ") for c in texts(app.caption)), texts(app.caption)
 
     # fresh / rotten: the posters surest to be fresh, each with its Grad-CAM
-    picker(app, "explore_run").set_value("fresh-rotten").run()
+    app.selectbox(key="explore_run").set_value("fresh-rotten").run()
     open_tab(app, "explore_tab", "Top by label")
     app.selectbox(key="explore_rank_label").set_value("fresh")
     app.slider(key="explore_rank_k").set_value(3).run()

@@ -10,16 +10,22 @@ import streamlit as st
 
 from posterlab.config import PRUNERS, SAMPLERS, RunConfig, TrainConfig, describe
 from posterlab.errors import PosterlabError, one_line
+from workbench.widgets import bounded_number
 
-REMEMBER = {"persist_state": "session"}
+REMEMBER = {"persist_state": "session", "bind": "query-params"}  # as the rest of the Train form
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def search_controls(defaults: TrainConfig) -> dict:
     """The search settings (an Optuna study over lr, dropout and weight decay), in two columns."""
     left, right = st.columns(2)
     values = {
-        "search_trials": int(
-            left.number_input(
+        "search_trials": _whole(
+            bounded_number(
+                left,
                 "Search trials (0: no search)",
                 0,
                 500,
@@ -29,8 +35,9 @@ def search_controls(defaults: TrainConfig) -> dict:
                 **REMEMBER,
             )
         ),
-        "search_folds": int(
-            left.number_input(
+        "search_folds": _whole(
+            bounded_number(
+                left,
                 "Folds per trial (0: validation split)",
                 0,
                 10,
@@ -62,7 +69,7 @@ def search_controls(defaults: TrainConfig) -> dict:
             key="train_storage",
             placeholder="empty: SQLite in the run folder",
             help=describe(TrainConfig, "search_storage"),
-            **REMEMBER,
+            persist_state="session",  # never in the page's URL: a database URL can hold a password
         ).strip(),
         "search_study": right.text_input(
             "Study name (with a shared storage)",

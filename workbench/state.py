@@ -190,6 +190,68 @@ def save_upload(name: str, data: bytes) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class KeptPoster:
+    """A poster uploaded in Explore and kept under the cache (named by its content), so that a refresh,
+    which empties Streamlit's file uploader, still shows it. Reads like an ``UploadedFile``."""
+
+    name: str
+    path: Path
+
+    @property
+    def file_id(self) -> str:
+        return self.path.parent.name  # the content digest
+
+    def getvalue(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def _keep_poster(name: str, data: bytes) -> KeptPoster:
+    """Store an uploaded poster under the cache as ``posters/<content digest>/<its name>``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._")[:80] or "poster"
+    folder = settings.cache_dir() / "posters" / hashlib.sha1(data).hexdigest()[:16]
+    target = folder / safe
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".{safe}.{os.getpid()}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    return KeptPoster(Path(name).name, target)
+
+
+def kept_posters(param: str, uploads: list) -> list[KeptPoster]:
+    """The posters uploaded under ``param`` so far, the new ``uploads`` added; their digests are kept in
+    the page's URL (``?param=``) and the session, so a refresh or another page and back still has them.
+
+    Query parameters, not a settings file: they belong to the browser tab (no user identity to key a
+    file by), survive a reload, and make a link that reopens the same view (see README, "What the
+    workbench keeps")."""
+    root = settings.cache_dir() / "posters"
+    digests = st.query_params.get_all(param) or st.session_state.get(param, [])
+    kept = {}
+    for digest in digests:
+        if not re.fullmatch(r"[0-9a-f]{16}", digest):  # a URL is user input: no path tricks
+            continue
+        found = sorted((root / digest).glob("[!.]*")) if (root / digest).is_dir() else []
+        if found:
+            kept[digest] = KeptPoster(found[0].name, found[0])
+    for upload in uploads:
+        poster = _keep_poster(upload.name, upload.getvalue())
+        kept.setdefault(poster.file_id, poster)
+    remember_posters(param, list(kept))
+    return list(kept.values())
+
+
+def remember_posters(param: str, digests: list[str]) -> None:
+    """Keep ``digests`` in the URL and the session (an empty list forgets them)."""
+    st.session_state[param] = digests
+    if st.query_params.get_all(param) != digests:
+        if digests:
+            st.query_params[param] = digests
+        else:
+            del st.query_params[param]
+
+
 @st.cache_resource(show_spinner=False)
 def models() -> ModelCache:
     """The process's loaded runs (the core's cache: a run is loaded once, reloaded when retrained)."""

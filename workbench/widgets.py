@@ -114,6 +114,7 @@ def _target_choice(key: str, default: LabelConfig, usable: dict[str, bool], name
         horizontal=True,
         key=f"{key}_target",
         persist_state="session",
+        bind="query-params",
         help="Genres: any number per poster (sigmoid). One label: a `label` column, or the one selected "
         "genre of posters that carry exactly one (softmax). Threshold: e.g. imdb_score >= 7.",
     )
@@ -123,7 +124,7 @@ def label_controls(
     frame: pd.DataFrame, key: str, name: str = "this dataset", default: LabelConfig | None = None
 ) -> LabelConfig | None:
     """Widgets for what to learn (target, which labels, merges); returns the ``LabelConfig`` they describe,
-    or None while the user has still to choose a target. Initial values come from ``LabelConfig()``.
+    or None while the user has still to choose a target (or a number typed is out of range). Initial values come from ``LabelConfig()``.
 
     Raises ``ConfigError`` / ``DataError`` with a one-line message for a selection that cannot work."""
     default = default or LabelConfig()
@@ -144,8 +145,9 @@ def label_controls(
 
 def _label_selection(
     frame: pd.DataFrame, key: str, default: LabelConfig, kind: str, from_label_column: bool
-) -> LabelConfig:
-    """Which labels (top N, a pick, all), synonym merges, the minimum count and the Other bucket."""
+) -> LabelConfig | None:
+    """Which labels (top N, a pick, all), synonym merges, the minimum count and the Other bucket (None
+    while a number is out of range: refused under its field)."""
     how_col, amount_col = st.columns([1, 1])
     merge_col = st.container()
     min_col, other_col = st.columns([1, 1], vertical_alignment="bottom")
@@ -156,6 +158,7 @@ def _label_selection(
             placeholder="Musical=Music, Sci-Fi=Science Fiction",
             key=f"{key}_merge",
             persist_state="session",
+            bind="query-params",
             help="FROM=INTO pairs, comma-separated: posters tagged FROM count as INTO.",
         )
     )
@@ -174,44 +177,51 @@ def _label_selection(
         horizontal=True,
         key=f"{key}_how",
         persist_state="session",
+        bind="query-params",
     )
     top_n, picked = _how_many(amount_col, key, how, counts, default if same_kind else LabelConfig())
-    min_count = int(
-        min_col.number_input(
-            "Min. posters per label",
-            min_value=1,
-            value=default.min_count,
-            key=f"{key}_min",
-            persist_state="session",
-            help="Labels with fewer posters are left out (or merged into Other).",
-        )
+    min_count = bounded_number(
+        min_col,
+        "Min. posters per label",
+        1,
+        None,
+        default.min_count,
+        key=f"{key}_min",
+        persist_state="session",
+        bind="query-params",
+        help="Labels with fewer posters are left out (or merged into Other).",
     )
     other = other_col.checkbox(
         "Merge the rest into “Other”",
         value=default.other,
         key=f"{key}_other",
         persist_state="session",
+        bind="query-params",
         help="Posters whose labels are all outside the selection get the label Other instead of being dropped.",
     )
-    return LabelConfig(target=kind, genres=picked, top_n=top_n, min_count=min_count, other=other, merge=merge)
+    if min_count is None or top_n == 0:  # a number out of range, refused under its field
+        return None
+    return LabelConfig(
+        target=kind, genres=picked, top_n=top_n, min_count=int(min_count), other=other, merge=merge
+    )
 
 
 def _how_many(
     column, key: str, how: str, counts: pd.Series, default: LabelConfig
 ) -> tuple[int | None, tuple]:
     """(top_n, picked labels) for the chosen way of selecting labels."""
-    if st.session_state.get(f"{key}_top", 0) > len(counts):  # fewer labels than before (merges, target)
-        st.session_state[f"{key}_top"] = max(1, len(counts))
     if how == "top":
-        top = column.number_input(
+        top = bounded_number(
+            column,
             "How many of the most common",
-            min_value=1,
-            max_value=max(1, len(counts)),
-            value=min(default.top_n or TOP_N, max(1, len(counts))),
+            1,
+            max(1, len(counts)),
+            min(default.top_n or TOP_N, max(1, len(counts))),
             key=f"{key}_top",
             persist_state="session",
+            bind="query-params",
         )
-        return int(top), ()
+        return (0 if top is None else int(top)), ()  # 0: refused (``_label_selection``)
     if how == "pick":
         chosen = [g for g in default.genres if g in counts.index]
         picked = tuple(
@@ -222,6 +232,7 @@ def _how_many(
                 format_func=lambda g: f"{g} ({counts[g]})",
                 key=f"{key}_pick",
                 persist_state="session",
+                bind="query-params",
             )
         )
         if not picked:
@@ -252,14 +263,20 @@ def _threshold_controls(
         index=numeric.index(column0) if column0 in numeric else 0,
         key=f"{key}_column",
         persist_state="session",
+        bind="query-params",
     )
     op = middle.selectbox(
-        "Rule", OPERATORS, index=OPERATORS.index(op0), key=f"{key}_op", persist_state="session"
+        "Rule",
+        OPERATORS,
+        index=OPERATORS.index(op0),
+        key=f"{key}_op",
+        persist_state="session",
+        bind="query-params",
     )
     values = pd.to_numeric(frame[column], errors="coerce")
     start = value0 if value0 is not None and column == column0 else round(float(values.median()), 1)
     value = right.number_input(
-        "Value", value=float(start), key=f"{key}_value_{column}", persist_state="session"
+        "Value", value=float(start), key=f"{key}_value_{column}", persist_state="session", bind="query-params"
     )
     known = values.dropna()
     share = float(
@@ -281,7 +298,7 @@ def augment_controls(key: str) -> AugmentConfig:
     """A row of augmentation controls (defaults from ``AugmentConfig``), remembered per session."""
     d = AugmentConfig()
     a1, a2, a3, a4, a5, a6 = st.columns(6)
-    remember = {"persist_state": "session"}
+    remember = {"persist_state": "session", "bind": "query-params"}
     return AugmentConfig(
         flip=a1.checkbox("Flip", d.flip, key=f"{key}_flip", **remember),
         random_crop=a2.checkbox("Random crop", d.random_crop, key=f"{key}_crop", **remember),
@@ -300,7 +317,38 @@ def balance_control(key: str) -> str:
         format_func=lambda m: f"{m}: {BALANCE_HELP[m]}",
         key=f"{key}_balance",
         persist_state="session",
+        bind="query-params",
     )
+
+
+def bounded_number(
+    where, label: str, low: float, high: float | None, value: float, key: str, **kwargs
+) -> float | None:
+    """A number input whose range is checked here rather than in the browser; None when out of range.
+
+    Streamlit's own ``min_value`` / ``max_value`` keep an out-of-range number typed in the box (a red
+    border) while Python goes on with the previous value, so a run could train with a value the user
+    never saw (issue 18: patience 150 typed, 40 used). Here the typed value always reaches Python, and
+    one out of range is refused where it was typed: an error under the field, and None, so the form has
+    no config and Start stays disabled."""
+    typed = where.number_input(label, value=value, key=key, **kwargs)
+    if typed is None:
+        where.error(f"{label}: give a number", icon=":material/block:")
+        return None
+    if typed < low or (high is not None and typed > high):
+        span = (
+            f"from {_number(low)} to {_number(high)}" if high is not None else f"of at least {_number(low)}"
+        )
+        where.error(
+            f"{label}: {_number(typed)} is out of range; give a value {span}", icon=":material/block:"
+        )
+        return None
+    return typed
+
+
+def _number(value: float) -> str:
+    """A bound as typed: 2147483647, not 2.14748e+09; 0.5, not 0.500000."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def forget_invalid(key: str, options: Sequence) -> None:
@@ -309,13 +357,19 @@ def forget_invalid(key: str, options: Sequence) -> None:
         del st.session_state[key]
 
 
-def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = None) -> Run | None:
-    """A select box over runs (newest first); the chosen run, or None when there are none."""
+def run_picker(
+    runs: Sequence[Run], label: str, key: str, help: str | None = None, in_url: bool = False
+) -> Run | None:
+    """A select box over runs (newest first); the chosen run, or None when there are none.
+
+    ``in_url``: the choice is kept in the page's URL under ``key`` (a refresh or a link comes back to
+    it); otherwise it is keyed by every run's state too, so that a label that says "running" is redrawn
+    once it ended."""
     if not runs:
         return None
     by_name = {run.name: run for run in runs}
-    # the choice is keyed by every run's state too: a label that says "running" is redrawn once it ended
-    key = f"{key}_{zlib.crc32(repr([(run.name, run.state) for run in runs]).encode()):08x}"
+    if not in_url:
+        key = f"{key}_{zlib.crc32(repr([(run.name, run.state) for run in runs]).encode()):08x}"
     forget_invalid(key, list(by_name))
     name = st.selectbox(
         label,
@@ -324,6 +378,7 @@ def run_picker(runs: Sequence[Run], label: str, key: str, help: str | None = Non
         key=key,
         help=help,
         persist_state="session",
+        bind="query-params" if in_url else None,
     )
     return by_name.get(name)
 
@@ -424,6 +479,38 @@ def _training_sidebar(was_active: bool) -> None:
     st.page_link("pages/train.py", label="Follow it on Train", icon=":material/monitoring:")
 
 
+NOT_SCORED = "#d9d9d9"  # posters the run did not score: grey, never a colour that means something
+OUTCOME_COLOURS = {"right": "#2ca02c", "partly": "#ff7f0e", "wrong": "#d62728"}
+OTHER_COMBINATIONS = "(other combinations)"
+MAP_CATEGORIES = 12  # distinct colours a reader can tell apart; the rarest combinations share one
+
+
+def _categories(points: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(points, legend order, colours) for a categorical colour: outcomes in their own colours, "not
+    scored" always grey, the most common values in distinct colours and the rest as one grey-blue."""
+    from posterlab.evaluation.figures import PALETTE
+
+    values = points["colour"].fillna("").astype(str)
+    unscored = values.str.startswith("not scored")
+    counts = values[~unscored].value_counts()
+    if len(counts) > MAP_CATEGORIES:
+        keep = set(counts.index[: MAP_CATEGORIES - 1])
+        values = values.where(unscored | values.isin(keep), OTHER_COMBINATIONS)
+        counts = values[~unscored].value_counts()
+    points = points.assign(colour=values)
+    if set(counts.index) <= set(OUTCOME_COLOURS):
+        domain = [o for o in OUTCOME_COLOURS if o in counts.index]
+        colours = [OUTCOME_COLOURS[o] for o in domain]
+    else:
+        domain = [v for v in counts.index if v != OTHER_COMBINATIONS]
+        colours = [PALETTE[i % len(PALETTE)] for i in range(len(domain))]
+        if OTHER_COMBINATIONS in counts.index:
+            domain, colours = domain + [OTHER_COMBINATIONS], colours + ["#9fb3c8"]
+    for value in sorted(set(values[unscored])):
+        domain, colours = domain + [value], colours + [NOT_SCORED]
+    return points, domain, colours
+
+
 def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
     """The map as a Vega-Lite scatter: colour by the chosen column, the poster and title on hover, a
     box selects posters (``explore`` page, ``benchmarks/map.py``)."""
@@ -442,7 +529,15 @@ def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
             "colour:N", scale=alt.Scale(domain=["yes", "no"], range=[tint, "#d9d9d9"]), title=colour
         )
     else:
-        encoding = alt.Color("colour:N", title=colour)
+        points, domain, colours = _categories(points)
+        encoding = alt.Color(
+            "colour:N",
+            scale=alt.Scale(domain=domain, range=colours),
+            title=colour,
+            # the whole name: Vega-Lite cuts labels at 160 px, and "Drama | Comedy | Roma…" stood for
+            # three different combinations
+            legend=alt.Legend(labelLimit=0, symbolLimit=0),
+        )
     picked = alt.selection_interval(name="picked", encodings=["x", "y"])
     tooltip = [
         alt.Tooltip("thumbnail:N", title="image"),
