@@ -57,7 +57,13 @@ LR_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 FLASH_KEY = "train_flash"
 STARTED_KEY = "train_started"  # runs started in this session
 START_KEY = "train_start_requested"
-POLL_SECONDS = 2.0
+# The live panel's timer; each timed run first waits up to END_WAIT_SECONDS for the run to end, so an end
+# shows at once and a run that goes on is polled every ~2 s with a short status only (the curves are the
+# page's, redrawn when an epoch ends: plotly redraws are what cost the browser and the interpreter lock)
+POLL_SECONDS = 0.5
+END_WAIT_SECONDS = 1.5
+LIVE_EPOCHS_KEY = "train_live_epochs"  # (run, epochs) the page drew the live curves for
+LIVE_FULL_RUN_KEY = "train_live_full_run"  # set by a page run: the panel's first run there does not wait
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session"}
 
@@ -127,12 +133,18 @@ def _loss_name(run_dir: str | None) -> str:
 
 
 def live(was_running: bool) -> None:
-    """The run this process trains (or trained last): progress, Stop, curves. Polled while it runs."""
+    """The run this process trains (or trained last): progress, Stop; the curves below it are drawn by
+    the page (``live_curves``). Polled while it runs."""
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
+    timed = was_running and not st.session_state.pop(LIVE_FULL_RUN_KEY, False)
+    if timed:
+        manager.join(END_WAIT_SECONDS)  # sleeps (lock released) until the run ends or the timeout
     snapshot = manager.snapshot()
     if was_running and not snapshot.running:
         st.rerun()  # finished: refresh the page (form, run list, sidebar) once
+    if timed and st.session_state.get(LIVE_EPOCHS_KEY) != (snapshot.name, len(snapshot.history)):
+        st.rerun()  # an epoch ended: the page redraws the curves (once per epoch, not per poll)
     if snapshot.status == "idle":
         return
     with st.container(border=True):
@@ -152,11 +164,19 @@ def live(was_running: bool) -> None:
                 help="Stops at the next batch; the best weights so far are still evaluated and saved.",
             )
         _outcome(snapshot)
-        if snapshot.history:
-            history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
         if snapshot.messages:
             with st.expander("Log"):
                 st.code("\n".join(snapshot.messages[-30:]), language=None)
+
+
+def live_curves() -> None:
+    """The live run's curves, drawn by the page run (a timed panel run leaves them as they are)."""
+    trainers = state.trainers()
+    manager = trainers.active() or trainers.manager(state.checkpoints())
+    snapshot = manager.snapshot()
+    st.session_state[LIVE_EPOCHS_KEY] = (snapshot.name, len(snapshot.history))
+    if snapshot.status != "idle" and snapshot.history:
+        history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
 
 
 def _outcome(snapshot) -> None:
@@ -593,7 +613,9 @@ through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
 running = state.trainers().active() is not None
+st.session_state[LIVE_FULL_RUN_KEY] = True
 st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
+live_curves()
 if running:
     st.info(
         "A run is training; you can keep using the other pages. Another Start is refused until it ends.",
