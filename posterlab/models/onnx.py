@@ -16,6 +16,7 @@ Outputs are float32 either way (OpenVINO is asked for f32: its bf16 hint was mea
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -331,6 +332,38 @@ def _speed(engine: Engine, example: np.ndarray) -> float:
     return (time.perf_counter() - started) / len(example)
 
 
+def _choice_file(path: Path, names: list[str], threads: int, streams: int) -> Path:
+    """Where the measured choice among ``names`` for the export ``path`` is kept: keyed by the engines and
+    their versions, the threads and the machine's cores (a new engine or machine measures again)."""
+    versions = {name: _version(name) for name in names}
+    payload = {"engines": versions, "threads": threads, "streams": streams, "cpus": os.cpu_count()}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return path.with_name(f"{path.stem}.{key}.choice.json")
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:  # e.g. onnxruntime installed as onnxruntime-gpu
+        return "?"
+
+
+def _read_choice(memory: Path | None, names: list[str]) -> dict | None:
+    if memory is None or not memory.is_file():
+        return None
+    try:
+        chosen = json.loads(memory.read_text())
+    except (OSError, ValueError):
+        return None
+    return chosen if chosen.get("engine") in names and isinstance(chosen.get("chunk"), int) else None
+
+
+def _write_choice(memory: Path, chosen: dict) -> None:
+    temporary = memory.with_name(f".{memory.name}.{uuid.uuid4().hex[:8]}")
+    temporary.write_text(json.dumps(chosen))
+    os.replace(temporary, memory)
+
+
 def frozen_engine(
     frozen: nn.Module,
     example: torch.Tensor,
@@ -343,7 +376,8 @@ def frozen_engine(
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (and ``streams`` parallel requests where it has them), checked against torch on a batch it was not
-    traced on, and timed on ``example`` in chunks of 4 and 8; the fastest (engine, chunk) is returned.
+    traced on, and timed on ``example`` in chunks of 4 and 8; the fastest (engine, chunk) is returned, and
+    remembered beside a cached export, so later extractions on this machine open that engine only.
     None when the part cannot be exported or no engine matches it (then the caller keeps torch). An int8
     export runs on ONNX Runtime only and is checked for running, not for matching: it is meant to differ.
     """
@@ -361,6 +395,10 @@ def frozen_engine(
     limit = tolerance_for(expected)
     best: tuple[float, Engine, int] | None = None
     timings = []
+    memory = _choice_file(path, names, threads, streams) if identity else None
+    chosen = _read_choice(memory, names)
+    if chosen is not None:  # measured by an earlier extraction of this export on this machine
+        names = [chosen["engine"]]
     try:
         for name in names:
             try:
@@ -372,6 +410,10 @@ def frozen_engine(
             gap = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
             if not int8 and not gap <= limit:  # also catches NaN
                 log.info("%s differs from torch by %.2g on a check batch; not used", NAMES[name], gap)
+                continue
+            if chosen is not None:
+                best = (0.0, engine, int(chosen["chunk"]))
+                timings.append("as measured before")
                 continue
             for chunk in (4, 8) if len(example) >= 16 else (4,):
                 engine.chunk = chunk
@@ -386,6 +428,8 @@ def frozen_engine(
         log.info("no ONNX engine matches the frozen part; extracting with torch")
         return None
     _, engine, engine.chunk = best
+    if memory is not None and chosen is None and len(timings) > 2:  # remember a real choice
+        _write_choice(memory, {"engine": engine.name, "chunk": engine.chunk, "timings": timings})
     log.info(
         "frozen part on %s (%d threads, %d requests in flight, chunks of %d; per image %s)",
         engine.title,

@@ -114,6 +114,18 @@ def test_the_faster_engine_is_chosen(slow, backbone, example, monkeypatch):
     assert engine is not None and engine.name != slow
 
 
+@openvino_only
+def test_the_choice_is_measured_once_per_export(backbone, example, monkeypatch, caplog):
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    first = frozen_engine(backbone, example, identity="choice-test|")
+    with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
+        again = frozen_engine(backbone, example, identity="choice-test|")
+    assert (again.name, again.chunk) == (first.name, first.chunk)
+    assert "as measured before" in caplog.text
+    monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # another set of engines measures afresh
+    assert frozen_engine(backbone, example, identity="choice-test|").name == ONNXRUNTIME
+
+
 def test_no_engine_that_matches_means_torch(backbone, example, monkeypatch):
     for kind in onnx.KINDS.values():
         monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
