@@ -4,6 +4,7 @@ Stop and Resume, and every run in the checkpoints folder."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -57,13 +58,16 @@ LR_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 FLASH_KEY = "train_flash"
 STARTED_KEY = "train_started"  # runs started in this session
 START_KEY = "train_start_requested"
-# The live panel's timer; each timed run first waits up to END_WAIT_SECONDS for the run to end, so an end
-# shows at once and a run that goes on is polled every ~2 s with a short status only (the curves are the
-# page's, redrawn when an epoch ends: plotly redraws are what cost the browser and the interpreter lock)
-POLL_SECONDS = 0.5
-END_WAIT_SECONDS = 1.5
-LIVE_EPOCHS_KEY = "train_live_epochs"  # (run, epochs) the page drew the live curves for
-LIVE_FULL_RUN_KEY = "train_live_full_run"  # set by a page run: the panel's first run there does not wait
+# While a run trains, the live panel redraws its short status on a timer: every POLL_SECONDS, and every
+# END_POLL_SECONDS once its end is near (the last epoch's expected end, from the epoch before it, or
+# the test after it), so that the end shows at once. Its curves are the page's, redrawn (a page run) when
+# an epoch has ended, at most every CURVES_SECONDS before the end is near: plotly redraws and a running
+# script (which the browser animates) are what cost the training its CPU.
+POLL_SECONDS = 2.0
+END_POLL_SECONDS = 0.25
+CURVES_SECONDS = 5.0
+LIVE_KEY = "train_live_drawn"  # (run, epochs, when, fast polling) of the live curves the page drew
+LIVE_FULL_RUN_KEY = "train_live_full_run"  # set by a page run, which draws the curves itself
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session"}
 
@@ -137,14 +141,15 @@ def live(was_running: bool) -> None:
     the page (``live_curves``). Polled while it runs."""
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
-    timed = was_running and not st.session_state.pop(LIVE_FULL_RUN_KEY, False)
-    if timed:
-        manager.join(END_WAIT_SECONDS)  # sleeps (lock released) until the run ends or the timeout
+    timed = was_running and not st.session_state.pop(LIVE_FULL_RUN_KEY, False)  # not the page's own run
     snapshot = manager.snapshot()
     if was_running and not snapshot.running:
         st.rerun()  # finished: refresh the page (form, run list, sidebar) once
-    if timed and st.session_state.get(LIVE_EPOCHS_KEY) != (snapshot.name, len(snapshot.history)):
-        st.rerun()  # an epoch ended: the page redraws the curves (once per epoch, not per poll)
+    name, epochs, drawn, fast = st.session_state.get(LIVE_KEY, ("", 0, 0.0, False))
+    ended = (name, epochs) != (snapshot.name, len(snapshot.history))  # an epoch, since the page drew
+    near = end_near(snapshot, drawn)
+    if timed and ((ended and (near or time.monotonic() - drawn >= CURVES_SECONDS)) or (near and not fast)):
+        st.rerun()  # the page redraws the curves, and polls faster when the end is near
     if snapshot.status == "idle":
         return
     with st.container(border=True):
@@ -169,14 +174,28 @@ def live(was_running: bool) -> None:
                 st.code("\n".join(snapshot.messages[-30:]), language=None)
 
 
-def live_curves() -> None:
-    """The live run's curves, drawn by the page run (a timed panel run leaves them as they are)."""
-    trainers = state.trainers()
-    manager = trainers.active() or trainers.manager(state.checkpoints())
-    snapshot = manager.snapshot()
-    st.session_state[LIVE_EPOCHS_KEY] = (snapshot.name, len(snapshot.history))
+def end_near(snapshot, drawn: float) -> bool:
+    """Whether a run's end is near: it is testing after its last epoch, or in its last epoch for about as
+    long as the epoch before took (``drawn``: when the page drew that epoch's curves)."""
+    if not snapshot.running or not snapshot.epochs or len(snapshot.history) < snapshot.epochs - 1:
+        return False
+    if len(snapshot.history) >= snapshot.epochs or not snapshot.history:
+        return True
+    took = snapshot.history[-1].get("seconds") or 0.0
+    return time.monotonic() - drawn >= took - 2 * POLL_SECONDS
+
+
+def live_curves(snapshot) -> float:
+    """The live run's curves, drawn by the page run (a timed panel run leaves them as they are); returns
+    how often the panel polls."""
+    name, epochs, drawn, _ = st.session_state.get(LIVE_KEY, ("", 0, 0.0, False))
+    if (name, epochs) != (snapshot.name, len(snapshot.history)):
+        drawn = time.monotonic()
+    fast = end_near(snapshot, drawn)
+    st.session_state[LIVE_KEY] = (snapshot.name, len(snapshot.history), drawn, fast)
     if snapshot.status != "idle" and snapshot.history:
         history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
+    return END_POLL_SECONDS if fast else POLL_SECONDS
 
 
 def _outcome(snapshot) -> None:
@@ -612,10 +631,13 @@ def runs_section(folder: Path) -> None:
 through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
-running = state.trainers().active() is not None
+trainers = state.trainers()
+running = trainers.active() is not None
+panel = st.container()  # the live panel above its curves; the curves decide how often it polls
+poll = live_curves((trainers.active() or trainers.manager(folder)).snapshot())
 st.session_state[LIVE_FULL_RUN_KEY] = True
-st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
-live_curves()
+with panel:
+    st.fragment(live, run_every=poll if running else None)(running)
 if running:
     st.info(
         "A run is training; you can keep using the other pages. Another Start is refused until it ends.",
