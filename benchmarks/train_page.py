@@ -65,8 +65,20 @@ def memory_mib(pid: int) -> dict:
 
 
 def pids(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in found]
+    """Processes matching ``pattern`` that this benchmark started (descendants of this process): other
+    users' browsers on a shared machine are not counted."""
+    found = {
+        int(p)
+        for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    }
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    mine = {os.getpid()}
+    for _ in range(16):  # chromium's process tree is a few levels deep under playwright's driver
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return sorted(found & mine)
 
 
 def poster_zip(folder: Path, count: int) -> Path:
