@@ -270,7 +270,11 @@ def _other_parsers(sub) -> None:
     p.add_argument("run")
     p.add_argument("images", nargs="+")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="use the run's model.onnx on the CPU engine (OpenVINO if installed, else ONNX Runtime)",
+    )
     p.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("explain", help="Grad-CAM overlay for a poster")
