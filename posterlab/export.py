@@ -56,8 +56,9 @@ RUN_FILES = (
 )
 GALLERY_PER_CLASS = 12
 TEMPLATES = Path(__file__).resolve().parent / "space_template"
-# the workbench's own dependencies: a Space runs the Gradio demo only
-WORKBENCH_ONLY = ("streamlit", "plotly")
+# the workbench's own dependencies: a Space runs the Gradio demo only (OpenVINO speeds up feature
+# extraction for training; a Space serves with torch, or ONNX Runtime for an exported model.onnx)
+WORKBENCH_ONLY = ("streamlit", "plotly", "openvino")
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
