@@ -241,17 +241,19 @@ def main() -> int:
         roots = {f"before {args.before}, ": before, **roots}
         result["before"] = args.before
     result["load_average_start"] = os.getloadavg()
-    for setting in args.gc.split(","):
-        for label, root in roots.items():
-            name = f"{label}postScriptGC={setting}"
-            folder = work / name.replace(" ", "_").replace(",", "")
-            folder.mkdir()
-            result["page"][name] = through_page(folder, upload, args, gc=setting == "on", root=root)
-            print(f"page, {name}: {result['page'][name]}", flush=True)
-    if args.before:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True
-        )
+    try:
+        for setting in args.gc.split(","):
+            for label, root in roots.items():
+                name = f"{label}postScriptGC={setting}"
+                folder = work / name.replace(" ", "_").replace(",", "")
+                folder.mkdir()
+                result["page"][name] = through_page(folder, upload, args, gc=setting == "on", root=root)
+                print(f"page, {name}: {result['page'][name]}", flush=True)
+    finally:  # a failed pass leaves no worktree behind
+        if args.before:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True
+            )
     run = Path(next(iter(result["page"].values()))["run"])
     result["plain_process"] = in_process(run, work / "plain")
     print(f"plain process: {result['plain_process']}")
