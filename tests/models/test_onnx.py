@@ -4,7 +4,6 @@ engine is used, and the pipelined ``map`` giving the same outputs, in order, as 
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -102,14 +101,8 @@ def test_an_engine_that_disagrees_is_dropped_for_the_other(backbone, example, mo
 @pytest.mark.parametrize("slow", [OPENVINO, ONNXRUNTIME])
 def test_the_faster_engine_is_chosen(slow, backbone, example, monkeypatch):
     monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
-    kind = onnx.KINDS[slow]
-    original = kind._infer
-
-    def slowed(self, part):
-        time.sleep(0.05)
-        return original(self, part)
-
-    monkeypatch.setattr(kind, "_infer", slowed)
+    # the measurement, not wall-clock time on a shared machine, decides: the slow engine measures 10x
+    monkeypatch.setattr(onnx, "_speed", lambda engine, batch: 0.1 if engine.name == slow else 0.01)
     engine = frozen_engine(backbone, example)
     assert engine is not None and engine.name != slow
 
