@@ -4,7 +4,10 @@
 
 Measured per poster over real sample posters after a warm-up, single-threaded caller:
   predict_torch        Predictor.predict_one (decode, crop, normalise, forward, thresholds)
-  predict_onnx         the same through ONNX Runtime (the run exported to a temporary copy)
+  predict_onnx         the same through the CPU engine posterlab serves an export with (the run exported to
+                       a temporary copy; OpenVINO when installed, else ONNX Runtime)
+  predict_<engine>     the same with each installed engine forced (POSTERLAB_ENGINE), interleaved poster by
+                       poster with predict_onnx and predict_torch so that all see the same machine load
   predict_gradcam_top3 Explainer.explain with the three best-scored labels (one forward + backward batch)
 Targets: predict (ONNX) p50 <= 40 ms; predict + Grad-CAM top-3 p50 <= 400 ms.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -27,6 +31,7 @@ from posterlab import settings
 from posterlab.explain import Explainer
 from posterlab.export import export_onnx
 from posterlab.inference import Predictor
+from posterlab.models import onnx
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -50,6 +55,20 @@ def measure(fn, posters: list[Path], warmup: int = 5) -> dict:
     return percentiles(samples)
 
 
+def interleaved(functions: dict, posters: list[Path], warmup: int = 5) -> dict:
+    """``measure`` for several functions, taking turns on each poster (the same load for each)."""
+    for poster in posters[:warmup]:
+        for fn in functions.values():
+            fn(poster)
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for poster in posters:
+        for name, fn in functions.items():
+            started = time.perf_counter()
+            fn(poster)
+            samples[name].append(time.perf_counter() - started)
+    return {name: percentiles(values) for name, values in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,6 +85,11 @@ def main() -> int:
 
     torch_predictor = Predictor(run)
     onnx_predictor = Predictor(run, backend="onnx")
+    forced = {}
+    for name in onnx.installed():
+        os.environ["POSTERLAB_ENGINE"] = name
+        forced[f"predict_{name}"] = Predictor(run, backend="onnx")
+    os.environ.pop("POSTERLAB_ENGINE", None)
     explainer = Explainer(torch_predictor)
 
     def gradcam_top3(poster: Path) -> None:
@@ -79,8 +103,16 @@ def main() -> int:
         "views": list(torch_predictor.fits),
         "torch_threads": torch.get_num_threads(),
         "onnx_max_abs_diff": parity["max_abs_diff"],
-        "predict_torch": measure(torch_predictor.predict_one, posters),
-        "predict_onnx": measure(onnx_predictor.predict_one, posters),
+        "load_average": os.getloadavg(),
+        "onnx_engine": onnx_predictor._onnx.name,
+        **interleaved(
+            {
+                "predict_torch": torch_predictor.predict_one,
+                "predict_onnx": onnx_predictor.predict_one,
+                **{key: predictor.predict_one for key, predictor in forced.items()},
+            },
+            posters,
+        ),
         "predict_gradcam_top3": measure(gradcam_top3, posters),
     }
     result["targets"] = {

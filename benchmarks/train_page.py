@@ -10,7 +10,10 @@ It also runs the page with Streamlit's default ``runner.postScriptGC = true`` (a
 after every script run, fragments included), which the app's ``.streamlit/config.toml`` turns off.
 Prints the figures and writes JSON.
 
-    python benchmarks/train_page.py [--posters 60] [--epochs 6] [--mode finetune] [--gc off,on]
+    python benchmarks/train_page.py [--posters 60] [--epochs 6] [--mode finetune] [--gc off,on] [--before REV]
+
+With ``--before REV`` the app at that git revision runs too (from a worktree), just before this one in
+each setting, so that both see the same machine load.
 """
 
 from __future__ import annotations
@@ -62,8 +65,20 @@ def memory_mib(pid: int) -> dict:
 
 
 def pids(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in found]
+    """Processes matching ``pattern`` that this benchmark started (descendants of this process): other
+    users' browsers on a shared machine are not counted."""
+    found = {
+        int(p)
+        for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    }
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    mine = {os.getpid()}
+    for _ in range(16):  # chromium's process tree is a few levels deep under playwright's driver
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return sorted(found & mine)
 
 
 def poster_zip(folder: Path, count: int) -> Path:
@@ -79,17 +94,18 @@ def poster_zip(folder: Path, count: int) -> Path:
 
 
 @contextlib.contextmanager
-def streamlit(port: int, folder: Path, gc: bool) -> Iterator[subprocess.Popen]:
-    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
+def streamlit(port: int, folder: Path, gc: bool, root: Path = ROOT) -> Iterator[subprocess.Popen]:
+    command = [sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.port", str(port)]
     command += ["--server.headless", "true", "--runner.postScriptGC", str(gc).lower()]
     # a cache of its own: the timed run computes what it caches (a fine-tune, the frozen part's output)
     env = {
         **os.environ,
         "POSTERLAB_CHECKPOINTS": str(folder / "checkpoints"),
         "POSTERLAB_CACHE_DIR": str(folder / "cache"),
+        "PYTHONPATH": str(root),  # the app and the posterlab it imports from the same checkout
     }
     log = (folder / "streamlit.log").open("w")
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         url = f"http://127.0.0.1:{port}/_stcore/health"
@@ -131,12 +147,12 @@ def completed(page, name: str, timeout_s: float = 1800) -> None:
     expect(done).to_be_visible(timeout=timeout_s * 1000)
 
 
-def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool) -> dict:
+def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool, root: Path = ROOT) -> dict:
     """Warm-up probe, then the timed run, from the Train page; wall time and CPU by process."""
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
-    with streamlit(port, folder, gc) as server, sync_playwright() as playwright:
+    with streamlit(port, folder, gc, root) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1400})
         page.goto(f"http://127.0.0.1:{port}")
@@ -198,6 +214,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--mode", default="finetune", choices=["probe", "finetune", "full"])
     parser.add_argument("--gc", default="off,on", help="postScriptGC settings to run the page with")
+    parser.add_argument(
+        "--before", help="git revision whose app to run too, interleaved with this one (e.g. main)"
+    )
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
@@ -211,11 +230,30 @@ def main() -> int:
         "mode": args.mode,
         "page": {},
     }
-    for setting in args.gc.split(","):
-        folder = work / f"gc-{setting}"
-        folder.mkdir()
-        result["page"][f"postScriptGC={setting}"] = through_page(folder, upload, args, gc=setting == "on")
-        print(f"page, postScriptGC={setting}: {result['page'][f'postScriptGC={setting}']}", flush=True)
+    roots = {"": ROOT}
+    if args.before:  # the earlier app from a worktree of its own, run before this one in each setting
+        before = work / "before"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-f", "--detach", str(before), args.before],
+            check=True,
+            capture_output=True,
+        )
+        roots = {f"before {args.before}, ": before, **roots}
+        result["before"] = args.before
+    result["load_average_start"] = os.getloadavg()
+    try:
+        for setting in args.gc.split(","):
+            for label, root in roots.items():
+                name = f"{label}postScriptGC={setting}"
+                folder = work / name.replace(" ", "_").replace(",", "")
+                folder.mkdir()
+                result["page"][name] = through_page(folder, upload, args, gc=setting == "on", root=root)
+                print(f"page, {name}: {result['page'][name]}", flush=True)
+    finally:  # a failed pass leaves no worktree behind
+        if args.before:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True
+            )
     run = Path(next(iter(result["page"].values()))["run"])
     result["plain_process"] = in_process(run, work / "plain")
     print(f"plain process: {result['plain_process']}")
@@ -223,6 +261,7 @@ def main() -> int:
     for name, page in result["page"].items():
         page["times_plain"] = round(page["wall_s"] / plain, 2)
         print(f"{name}: {page['wall_s']} s through the page, {page['times_plain']}x the plain process")
+    result["load_average_end"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     return 0

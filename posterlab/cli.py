@@ -270,7 +270,11 @@ def _other_parsers(sub) -> None:
     p.add_argument("run")
     p.add_argument("images", nargs="+", help="images; with --out also folders and labels.csv files")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--onnx", action="store_true", help="use the run's model.onnx through ONNX Runtime")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="use the run's model.onnx on the CPU engine (OpenVINO if installed, else ONNX Runtime)",
+    )
     scale = p.add_argument_group(
         "scoring to a file (batched, resumable; under torchrun every rank takes a share)"
     )

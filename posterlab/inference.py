@@ -2,7 +2,8 @@
 
 Preprocessing, labels and thresholds all come from the folder's ``model.json``; weights from its
 ``model.safetensors`` (checked to be safetensors first: nothing is ever unpickled). An optional ONNX
-Runtime backend serves plain predictions from ``model.onnx`` when the folder has one.
+backend serves plain predictions from ``model.onnx`` when the folder has one, on the CPU engine that
+``posterlab.models.onnx`` picks (OpenVINO when installed, else ONNX Runtime).
 
 A Predictor is safe to share between threads (the workbench's sessions, the demo's workers): every
 forward pass through its model holds ``lock``, which Grad-CAM (``posterlab.explain``) takes too while its
@@ -135,15 +136,15 @@ class Predictor:
             raise RunError(
                 f"{self.folder}: no model.onnx; create it with posterlab export {self.folder} --format onnx --out {path}"
             )
+        from posterlab.errors import ModelError
+        from posterlab.models.onnx import serving_engine
+
         try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RunError(
-                "onnxruntime is not installed; pip install onnxruntime or use the torch backend"
-            ) from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            engine = serving_engine(path)
+        except ModelError as error:
+            raise RunError(f"{error} or use the torch backend") from None
+        log.info("serving %s on %s", path, engine.title)
+        return engine
 
     def fitted(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
         """(the primary fit's crop, (views, 3, H, W) normalised tensors: one per fit, primary first)."""
@@ -169,7 +170,7 @@ class Predictor:
         count, views = batch.shape[:2]
         flat = batch.flatten(0, 1)
         if self._onnx is not None:
-            logits = torch.from_numpy(self._onnx.run(None, {"image": flat.numpy()})[0])
+            logits = torch.from_numpy(self._onnx.run(flat.numpy()))
         else:
             with self.lock, torch.inference_mode():
                 x = flat.to(self.device).contiguous(memory_format=torch.channels_last)

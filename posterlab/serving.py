@@ -1,7 +1,8 @@
 """Trained runs loaded once and shared: the one loader behind the workbench and the Gradio demo.
 
 ``ModelCache`` keeps the most recently used runs (a ``Predictor`` and, built on first use, its Grad-CAM
-``Explainer``), keyed by folder and weights file, so a retrained run is reloaded. Both are safe to share
+``Explainer``), keyed by folder and weights file, so a retrained run is reloaded. A run exported to ONNX
+in its own folder is scored by the CPU engine (``served_backend``); Grad-CAM always runs in torch. Both are safe to share
 between threads (``Predictor.lock``), so callers only ask and use. Each UI owns its cache (the workbench
 through ``st.cache_resource``, a demo in its own state): nothing here is module-level.
 """
@@ -49,6 +50,19 @@ def run_key(run_dir: str | Path) -> tuple[str, int]:
     return str(path), stamp
 
 
+def served_backend(run_dir: Path) -> str:
+    """``onnx`` when the run holds a ``model.onnx`` at least as new as its weights (``posterlab export RUN
+    --format onnx --out RUN``, checked against torch when written): its scores then come from the CPU
+    engine, as ``posterlab predict --onnx`` does; ``torch`` otherwise."""
+    try:
+        fresh = (run_dir / "model.onnx").stat().st_mtime_ns >= (
+            run_dir / "model.safetensors"
+        ).stat().st_mtime_ns
+    except OSError:
+        return "torch"
+    return "onnx" if fresh else "torch"
+
+
 class ModelCache:
     """The ``capacity`` most recently used runs, loaded once each (thread-safe)."""
 
@@ -66,7 +80,7 @@ class ModelCache:
                 return self._items[key]
             from posterlab.inference import Predictor  # torch: imported when a model is first needed
 
-            loaded = Loaded(Predictor(key[0]))
+            loaded = Loaded(Predictor(key[0], backend=served_backend(Path(key[0]))))
             self._items[key] = loaded
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

@@ -22,6 +22,8 @@ from posterlab import settings
 from posterlab.errors import ModelError, PosterlabError
 from posterlab.export import PICKLE_SUFFIXES, export_onnx, export_space, push_space, sample_posters
 from posterlab.inference import Predictor
+from posterlab.models import onnx
+from posterlab.serving import served_backend
 from tests.conftest import free_port
 
 POSTERS = sorted((settings.SAMPLES["sample"] / "images").glob("*.jpg"))[-6:]
@@ -45,18 +47,27 @@ def test_onnx_matches_torch_on_real_posters(which, request, tmp_path):
     run = request.getfixturevalue(which)
     report = export_onnx(run, tmp_path / "model.onnx")
     assert report["max_abs_diff"] <= 1e-4
+    assert set(report["engines"]) == set(onnx.installed())  # every engine that may serve it was checked
     assert report["posters"] == len(sample_posters())
     assert Path(report["path"]) == tmp_path / "model.onnx"
     assert (tmp_path / "model.onnx").stat().st_size > 0
 
 
-def test_the_onnx_backend_serves_the_exported_model(run_copy):
+@pytest.mark.parametrize("engine", onnx.installed())
+def test_the_onnx_backend_serves_the_exported_model(engine, run_copy, monkeypatch):
     export_onnx(run_copy, run_copy)  # a folder: written as RUN/model.onnx, where the Predictor looks
+    monkeypatch.setenv("POSTERLAB_ENGINE", engine)
     torch_scores = Predictor(run_copy).predict(POSTERS)
-    onnx_scores = Predictor(run_copy, backend="onnx").predict(POSTERS)  # batch of 6, flipped views too
+    served = Predictor(run_copy, backend="onnx")
+    assert served._onnx.name == engine
+    onnx_scores = served.predict(POSTERS)  # batch of 6, flipped views too
     for a, b in zip(torch_scores, onnx_scores, strict=True):
         assert a.predicted == b.predicted
         assert np.allclose(list(a.scores.values()), list(b.scores.values()), atol=1e-4)
+    # the workbench and the demo serve an exported run through the same engine, a stale export not at all
+    assert served_backend(run_copy) == "onnx"
+    os.utime(run_copy / "model.safetensors")
+    assert served_backend(run_copy) == "torch"
 
 
 def test_a_failed_parity_check_writes_nothing(genre_run, tmp_path):

@@ -1,12 +1,49 @@
-"""Writing a module as an ONNX graph with the TorchScript-based exporter (dynamic batch axis)."""
+"""ONNX in one place: a module exported to an ONNX graph, checked against torch, and run on the CPU by the
+fastest engine installed.
+
+Everything that leaves torch for a CPU inference engine goes through here: feature extraction (the
+frozen backbone, exported once into the cache), ``posterlab export --format onnx`` (a run's whole model),
+and ``Predictor(backend="onnx")`` (``posterlab predict --onnx``, the workbench and the demo on a CPU).
+
+Engines: OpenVINO (``pip install openvino``) and ONNX Runtime (a dependency). Both read the same ONNX
+file. Which one runs is ``POSTERLAB_ENGINE`` (``openvino`` or ``onnxruntime``) when set; otherwise the
+frozen backbone takes whichever of the installed engines is faster on its first batch, and a served model
+takes OpenVINO when it is installed (measured by ``benchmarks/latency.py``). Every engine opened on a
+module is first checked against torch on a batch it was not traced on; one that differs is dropped.
+Outputs are float32 either way (OpenVINO is asked for f32: its bf16 hint was measured 0.36 off).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+import uuid
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from posterlab import settings
+from posterlab.errors import ModelError, one_line
+
+log = logging.getLogger(__name__)
+
+OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
+ENGINES = (OPENVINO, ONNXRUNTIME)  # the order of preference when nothing was measured
+NAMES = {OPENVINO: "OpenVINO", ONNXRUNTIME: "ONNX Runtime"}
+
+
+# ------------------------------------------------------------------------------------------- export
 
 
 def torchscript_onnx(model: nn.Module, example: torch.Tensor, path: Path, output: str = "logits") -> None:
@@ -27,3 +64,378 @@ def torchscript_onnx(model: nn.Module, example: torch.Tensor, path: Path, output
             dynamo=False,
             opset_version=17,
         )
+
+
+def export_graph(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """A whole model as ONNX (``image`` → ``logits``, dynamic batch): torch.export first, the TorchScript
+    exporter when torch.export rejects the model. Returns which exporter wrote it."""
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        return "dynamo"
+    except (
+        Exception
+    ) as error:  # torch.export rejects some models; the TorchScript exporter still handles them
+        log.info(
+            "torch.export-based ONNX export failed (%s); using the TorchScript exporter", one_line(error)
+        )
+    torchscript_onnx(model, example, path)
+    return "torchscript"
+
+
+def _quantize(path: Path, example: torch.Tensor) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on the example batch, in place."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": x[None].numpy()} for x in example])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(path), str(prepared))
+    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    prepared.unlink(missing_ok=True)
+
+
+def cached_export(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool = False) -> Path:
+    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now.
+
+    Keyed by the part's identity (backbone, weights, boundary), the torch version and the input shape;
+    without an identity the file is a temporary one the caller deletes."""
+    payload = {
+        "identity": identity,
+        "torch": torch.__version__,
+        "input": list(example.shape[1:]),
+        "int8": int8,
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    folder = settings.cache_dir() / "onnx"
+    path = folder / f"{key}.onnx"
+    if identity and path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{key}.{uuid.uuid4().hex[:8]}.onnx"
+    torchscript_onnx(frozen, example, temporary, output="features")
+    if int8:
+        _quantize(temporary, example)
+    if not identity:
+        return temporary
+    os.replace(temporary, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+def installed() -> list[str]:
+    """The engines that can be imported here, in the order of preference."""
+    return [name for name in ENGINES if importlib.util.find_spec(name) is not None]
+
+
+def requested() -> str | None:
+    """``POSTERLAB_ENGINE`` (``openvino`` or ``onnxruntime``) when set: that engine only."""
+    value = os.environ.get("POSTERLAB_ENGINE", "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value not in ENGINES:
+        raise ModelError(f"POSTERLAB_ENGINE={value!r}: use one of {', '.join(ENGINES)} or leave it unset")
+    return value
+
+
+def candidates() -> list[str]:
+    """The engines to consider: the requested one (when installed), else every installed one."""
+    wanted = requested()
+    found = installed()
+    if wanted is None:
+        return found
+    if wanted not in found:
+        log.warning("POSTERLAB_ENGINE=%s but %s is not installed; pip install %s", wanted, wanted, wanted)
+        return []
+    return [wanted]
+
+
+class Engine:
+    """An ONNX graph compiled for the CPU: ``run`` one batch, or ``map`` a stream of batches with the next
+    one prepared while the current one runs. Batches are split into chunks of ``chunk`` images (small
+    chunks keep a small CPU's caches warm)."""
+
+    name = ""
+
+    def __init__(self, threads: int, chunk: int) -> None:
+        self.threads, self.chunk = threads, chunk
+
+    @property
+    def title(self) -> str:
+        return NAMES[self.name]
+
+    def _infer(self, part: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's first output for ``batch`` (float32, in order)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return np.concatenate(
+            [self._infer(batch[i : i + self.chunk]) for i in range(0, len(batch), self.chunk)]
+        )
+
+    def map(self, batches: Iterable[tuple[object, np.ndarray]]) -> Iterator[tuple[object, np.ndarray]]:
+        """(tag, output) for each (tag, batch), in order; the base engine runs them one after another (the
+        decoding that feeds it overlaps in the loader's processes)."""
+        for tag, batch in batches:
+            yield tag, self.run(batch)
+
+
+class OnnxRuntimeEngine(Engine):
+    name = ONNXRUNTIME
+
+    def __init__(self, path: Path, threads: int, chunk: int = 4, streams: int = 1) -> None:
+        import onnxruntime as ort
+
+        super().__init__(threads, chunk)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _infer(self, part: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": part})[0]
+
+
+class OpenVinoEngine(Engine):
+    """OpenVINO on the CPU in f32. With ``streams`` > 1, ``map`` keeps that many infer requests in flight,
+    each on one thread of its own: one per core keeps every core on the model while the main thread hands
+    it the next batch, and an idle stream sleeps, so decoding processes on the same cores lose little.
+    ``run`` sends one request at a time (``threads`` threads with one stream; one thread with several)."""
+
+    name = OPENVINO
+
+    def __init__(self, path: Path, threads: int, chunk: int = 4, streams: int = 1) -> None:
+        import openvino as ov
+
+        self.streams = max(1, streams)
+        threads = self.streams if self.streams > 1 else threads
+        super().__init__(threads, chunk)
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": self.streams,
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "THROUGHPUT" if self.streams > 1 else "LATENCY",
+            # the loader's processes share these cores: threads pinned to a core would wait for it
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one request: a Predictor shared between threads takes turns
+        self._ov = ov
+
+    def _infer(self, part: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.request.infer({0: part})[0].copy()  # the request reuses its output buffer
+
+    def map(self, batches: Iterable[tuple[object, np.ndarray]]) -> Iterator[tuple[object, np.ndarray]]:
+        if self.streams == 1:
+            yield from super().map(batches)
+            return
+        queue = self._ov.AsyncInferQueue(self.compiled, self.streams)
+        done: dict[int, np.ndarray] = {}
+
+        def finished(request, number: int) -> None:  # on OpenVINO's thread: only a dict store
+            done[number] = request.get_output_tensor(0).data.copy()
+
+        queue.set_callback(finished)
+        pending: deque[tuple[object, list[int]]] = deque()
+        count = 0
+        try:
+            for tag, batch in batches:
+                batch = np.ascontiguousarray(batch, dtype=np.float32)
+                numbers = []
+                for i in range(0, len(batch), self.chunk):
+                    queue.start_async({0: batch[i : i + self.chunk]}, count)  # waits for a free request
+                    numbers.append(count)
+                    count += 1
+                pending.append((tag, numbers))
+                while pending and all(n in done for n in pending[0][1]):
+                    tag, numbers = pending.popleft()
+                    yield tag, np.concatenate([done.pop(n) for n in numbers])
+            queue.wait_all()
+            while pending:
+                tag, numbers = pending.popleft()
+                yield tag, np.concatenate([done.pop(n) for n in numbers])
+        finally:
+            queue.wait_all()  # a stop request leaves no request writing into freed memory
+
+
+KINDS: dict[str, type[Engine]] = {OPENVINO: OpenVinoEngine, ONNXRUNTIME: OnnxRuntimeEngine}
+
+
+def open_engine(path: Path, name: str, threads: int, chunk: int = 4, streams: int = 1) -> Engine:
+    """``path`` compiled by engine ``name`` (``openvino`` or ``onnxruntime``)."""
+    return KINDS[name](Path(path), threads, chunk, streams)
+
+
+def serving_engine(path: Path, threads: int | None = None) -> Engine:
+    """The engine a served model runs on: the requested one, else the first installed in the order of
+    preference (OpenVINO, then ONNX Runtime), all cores on one poster at a time."""
+    names = candidates()
+    if not names:
+        raise ModelError("no ONNX engine is installed; pip install onnxruntime (or openvino)")
+    threads = threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    return open_engine(path, names[0], threads, chunk=64)
+
+
+# ----------------------------------------------------------------------------------- parity with torch
+
+
+def tolerance_for(expected: torch.Tensor) -> float:
+    """How far an engine may be from torch on a check batch: float32 round-off, scaled to the outputs."""
+    return 1e-3 * (1.0 + float(expected.abs().max()))
+
+
+def difference(engine: Engine, module: nn.Module, batch: torch.Tensor) -> float:
+    """The largest |engine - torch| on ``batch`` (inf when the shapes differ)."""
+    with torch.inference_mode():
+        expected = module(batch).float()
+    got = torch.from_numpy(engine.run(batch.numpy()))
+    return float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+
+
+def check_batch(example: torch.Tensor) -> torch.Tensor:
+    """Other content and another batch size than the traced example: a value the tracer froze into a
+    constant, or a fixed batch size, shows up here."""
+    return torch.flip(example, dims=[3])[: 1 if len(example) == 2 else 2]
+
+
+def _speed(engine: Engine, example: np.ndarray) -> float:
+    """Seconds per image over ``example`` after a warm-up chunk (the first call compiles kernels)."""
+    engine.run(example[: engine.chunk])
+    started = time.perf_counter()
+    engine.run(example)
+    return (time.perf_counter() - started) / len(example)
+
+
+def _choice_file(path: Path, names: list[str], threads: int, streams: int) -> Path:
+    """Where the measured choice among ``names`` for the export ``path`` is kept: keyed by the engines and
+    their versions, the threads and the machine's cores (a new engine or machine measures again)."""
+    versions = {name: _version(name) for name in names}
+    payload = {"engines": versions, "threads": threads, "streams": streams, "cpus": os.cpu_count()}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return path.with_name(f"{path.stem}.{key}.choice.json")
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:  # e.g. onnxruntime installed as onnxruntime-gpu
+        return "?"
+
+
+def _read_choice(memory: Path | None, names: list[str]) -> dict | None:
+    if memory is None or not memory.is_file():
+        return None
+    try:
+        chosen = json.loads(memory.read_text())
+    except (OSError, ValueError):
+        return None
+    return chosen if chosen.get("engine") in names and isinstance(chosen.get("chunk"), int) else None
+
+
+def _write_choice(memory: Path, chosen: dict) -> None:
+    temporary = memory.with_name(f".{memory.name}.{uuid.uuid4().hex[:8]}")
+    temporary.write_text(json.dumps(chosen))
+    os.replace(temporary, memory)
+
+
+def frozen_engine(
+    frozen: nn.Module,
+    example: torch.Tensor,
+    identity: str = "",
+    threads: int = 1,
+    int8: bool = False,
+    streams: int = 1,
+) -> Engine | None:
+    """``frozen`` exported to ONNX (cached by ``identity``) on the fastest engine that matches torch.
+
+    Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
+    (and ``streams`` parallel requests where it has them), checked against torch on a batch it was not
+    traced on, and timed on ``example`` in chunks of 4 and 8; the fastest (engine, chunk) is returned, and
+    remembered beside a cached export, so later extractions on this machine open that engine only.
+    None when the part cannot be exported or no engine matches it (then the caller keeps torch). An int8
+    export runs on ONNX Runtime only and is checked for running, not for matching: it is meant to differ.
+    """
+    names = [n for n in candidates() if not int8 or n == ONNXRUNTIME]
+    if not names:
+        return None
+    try:
+        path = cached_export(frozen, example, identity, int8)
+    except Exception as error:  # exporters reject some models; torch still runs them
+        log.info("frozen part not exported to ONNX (%s); extracting with torch", one_line(error))
+        return None
+    check = check_batch(example)
+    with torch.inference_mode():
+        expected = frozen(check).float()
+    limit = tolerance_for(expected)
+    best: tuple[float, Engine, int] | None = None
+    timings = []
+    memory = _choice_file(path, names, threads, streams) if identity else None
+    chosen = _read_choice(memory, names)
+    if chosen is not None:  # measured by an earlier extraction of this export on this machine
+        names = [chosen["engine"]]
+    try:
+        for name in names:
+            try:
+                engine = open_engine(path, name, threads, streams=streams)
+                got = torch.from_numpy(engine.run(check.numpy()))
+            except Exception as error:
+                log.info("%s failed on the frozen part (%s)", NAMES[name], one_line(error))
+                continue
+            gap = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
+            if not int8 and not gap <= limit:  # also catches NaN
+                log.info("%s differs from torch by %.2g on a check batch; not used", NAMES[name], gap)
+                continue
+            if chosen is not None:
+                best = (0.0, engine, int(chosen["chunk"]))
+                timings.append("as measured before")
+                continue
+            for chunk in (4, 8) if len(example) >= 16 else (4,):
+                engine.chunk = chunk
+                seconds = _speed(engine, example.numpy())
+                timings.append(f"{NAMES[name]} x{chunk}: {seconds * 1000:.1f} ms")
+                if best is None or seconds < best[0]:
+                    best = (seconds, engine, chunk)
+    finally:
+        if not identity:
+            path.unlink(missing_ok=True)
+    if best is None:
+        log.info("no ONNX engine matches the frozen part; extracting with torch")
+        return None
+    _, engine, engine.chunk = best
+    if memory is not None and chosen is None and len(timings) > 2:  # remember a real choice
+        _write_choice(memory, {"engine": engine.name, "chunk": engine.chunk, "timings": timings})
+    log.info(
+        "frozen part on %s (%d threads, %d requests in flight, chunks of %d; per image %s)",
+        engine.title,
+        engine.threads,
+        getattr(engine, "streams", 1),
+        engine.chunk,
+        ", ".join(timings),
+    )
+    return engine

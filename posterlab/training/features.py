@@ -12,20 +12,22 @@ on one machine or sharing the cache folder across machines) extract their shares
 killed mid-way keeps every chunk it finished. Reading maps the chunks into memory instead of loading
 them: a 100,000-poster table costs address space, not RAM.
 
-On a CPU the frozen part runs through ONNX Runtime when it exports cleanly and matches torch on a check
-batch (about 2.5x torch's eager speed for EfficientNet-Lite0 on 2 cores); otherwise through torch.
+On a CPU the frozen part runs through the fastest ONNX engine installed (OpenVINO or ONNX Runtime; see
+``posterlab.models.onnx``) when it exports cleanly and matches torch on a check batch; otherwise through
+torch. Either way the outputs agree within float32 round-off, so the cache key does not name the engine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,9 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from posterlab import faults, settings
 from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
-from posterlab.errors import one_line
 from posterlab.events import Control, Progress, StopRequested
-from posterlab.models.onnx import torchscript_onnx
+from posterlab.models.onnx import frozen_engine
 from posterlab.training.distributed import SINGLE, Dist
 from posterlab.training.loop import autocast
 
@@ -203,131 +204,6 @@ def default_workers(device: torch.device) -> int:
     return 1 if cores >= 2 else 0
 
 
-class OnnxRunner:
-    """The frozen part as an ONNX Runtime session on the CPU, in chunks of a measured size.
-
-    The export is kept in the cache (keyed by the frozen part's identity and the torch version), so only
-    the first extraction with a backbone pays for it; every session is checked against torch first."""
-
-    def __init__(self, session, threads: int) -> None:
-        self.session, self.threads, self.chunk = session, threads, 0
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if not self.chunk:
-            return self._measure(batch)
-        return torch.cat([self._run(part) for part in batch.split(self.chunk)])
-
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        [out] = self.session.run(None, {"image": batch.contiguous().numpy()})
-        return torch.from_numpy(out)
-
-    def _measure(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the first batch in chunks of 1, 2, 4 and 8 images, keep the outputs, and go on with the
-        chunk size that was fastest per image (small chunks keep a small CPU's caches warm; a many-core
-        one wants more work per call)."""
-        outputs, best, start = [], (float("inf"), 1), 0
-        for size in (1, 2, 4, 8):
-            part = batch[start : start + size]
-            if not len(part):
-                break
-            begun = time.perf_counter()
-            outputs.append(self._run(part))
-            best = min(best, ((time.perf_counter() - begun) / len(part), size))
-            start += len(part)
-        self.chunk = best[1] if start >= 15 else 4  # too few images to tell: a middle size
-        if start < len(batch):
-            outputs.append(self(batch[start:]))
-        log.info("ONNX Runtime: %d intra-op threads, chunks of %d images", self.threads, self.chunk)
-        return torch.cat(outputs)
-
-
-def _onnx_file(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool) -> Path:
-    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now."""
-    payload = {
-        "identity": identity,
-        "torch": torch.__version__,
-        "input": list(example.shape[1:]),
-        "int8": int8,
-    }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-    folder = settings.cache_dir() / "onnx"
-    path = folder / f"{key}.onnx"
-    if identity and path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{key}.{uuid.uuid4().hex[:8]}.onnx"
-    torchscript_onnx(frozen, example, temporary, output="features")
-    if int8:
-        _quantize(temporary, example)
-    if not identity:  # nothing to key it by: used once
-        return temporary
-    os.replace(temporary, path)
-    return path
-
-
-def _quantize(path: Path, example: torch.Tensor) -> None:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on the example batch, in place."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"image": x[None].numpy()} for x in example])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared = path.with_suffix(".pre.onnx")
-    quant_pre_process(str(path), str(prepared))
-    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
-    prepared.unlink(missing_ok=True)
-
-
-def onnx_runner(
-    frozen: nn.Module, example: torch.Tensor, identity: str = "", threads: int = 1, int8: bool = False
-) -> OnnxRunner | None:
-    """``frozen`` as ONNX Runtime (CPU) with ``threads`` intra-op threads; None when it cannot be exported
-    or does not match torch on a check batch (then the caller keeps torch). An int8 runner is checked
-    for running only: it is meant to differ a little."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    try:
-        path = _onnx_file(frozen, example, identity, int8)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        if not identity:
-            path.unlink(missing_ok=True)
-    except Exception as error:  # exporters reject some models; torch still runs them
-        log.info("frozen part not exported to ONNX (%s); extracting with torch", one_line(error))
-        return None
-    runner = OnnxRunner(session, threads)
-    # check on other content and another batch size than the traced example: a value the tracer froze
-    # into a constant, or a fixed batch size, shows up here
-    check = torch.flip(example, dims=[3])[: 1 if len(example) == 2 else 2]
-    expected = frozen(check).float()
-    try:
-        got = runner._run(check)
-    except Exception as error:
-        log.info("ONNX Runtime failed on a check batch (%s); extracting with torch", one_line(error))
-        return None
-    difference = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-    if not int8 and not difference <= 1e-3 * (1.0 + float(expected.abs().max())):
-        log.info(
-            "ONNX Runtime differs from torch by %.2g on a check batch; extracting with torch", difference
-        )
-        return None
-    return runner
-
-
 @dataclass
 class Extraction:
     """What to run over the posters: the frozen part (built on first use, so a run whose outputs are all
@@ -426,7 +302,10 @@ class Runtime:
 def _extract(
     job: Extraction, paths: list[str], digests: list[str], rows: list[int], rt: Runtime, store: FeatureStore
 ) -> None:
-    """Run the frozen part over ``rows`` (indices into ``paths``) and write their chunks."""
+    """Run the frozen part over ``rows`` (indices into ``paths``) and write their chunks.
+
+    On a CPU the loader's processes decode the next posters while the engine runs the current ones (with
+    OpenVINO, one infer request per core in flight), so decoding and the model share both cores."""
     device = rt.device
     frozen = job.module().eval().to(device)
     preprocesses = list(dict.fromkeys(v.preprocess for v in job.views))
@@ -434,38 +313,61 @@ def _extract(
     channels_last = device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
     if channels_last:
         frozen = frozen.to(memory_format=torch.channels_last)
-    # posters per loader step; on a CPU the runner splits them into chunks of a measured size
+    # posters per loader step; on a CPU the engine splits them into chunks of a measured size
     size = rt.batch_size or (128 if device.type == "cuda" else max(2, 16 // len(job.views)))
     dataset = _Images([paths[i] for i in rows], preprocesses)
     workers = rt.workers if rt.workers >= 0 else default_workers(device)
-    threads = max(1, usable_cores() - workers)  # the model's share of the cores: the loader has the rest
     loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=device.type == "cuda")
-    started, done, saved = time.monotonic(), 0, 0
-    runner: Callable[[torch.Tensor], torch.Tensor] | None = None
-    fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
-    for batch in loader:
-        rt.control.check()
-        batch = batch.to(device, non_blocking=True)
-        inputs = [batch[:, f] for f in fit_index]
-        inputs = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(inputs, job.views, strict=True)]
-        stacked = torch.cat(inputs)
-        if device.type == "cpu" and done == 0:
-            runner = onnx_runner(frozen, stacked, job.identity, threads, job.int8)
-        if runner is not None:
-            output = runner(stacked)
-        else:
+
+    def inputs() -> Iterator[tuple[int, torch.Tensor]]:
+        """(posters, every view of them stacked) per loader batch; a stop request lands here."""
+        for batch in loader:
+            rt.control.check()
+            batch = batch.to(device, non_blocking=True)
+            views = [batch[:, f] for f in fit_index]
+            views = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(views, job.views, strict=True)]
+            yield len(batch), torch.cat(views)
+
+    def through_torch(stream: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for count, stacked in stream:
             if channels_last:
                 stacked = stacked.contiguous(memory_format=torch.channels_last)
             with autocast(device, job.amp):
-                output = frozen(stacked).float()
-        for key, part in zip(job.keys, output.split(len(batch)), strict=True):
+                yield count, frozen(stacked).float()
+
+    started, done, saved = time.monotonic(), 0, 0
+    stream = inputs()
+    first = next(stream, None)
+    engine = None
+    if first is not None and device.type == "cpu":
+        # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
+        # runs one per core, each on one thread, and shares every core with the loader as each needs
+        engine = frozen_engine(
+            frozen,
+            first[1],
+            job.identity,
+            threads=max(1, usable_cores() - workers),
+            int8=job.int8,
+            streams=usable_cores(),
+        )
+    stream = itertools.chain([first] if first is not None else [], stream)
+    if engine is not None:
+        outputs = (
+            (count, torch.from_numpy(out))
+            for count, out in engine.map((count, x.numpy()) for count, x in stream)
+        )
+    else:
+        outputs = through_torch(stream)
+    fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
+    for count, output in outputs:
+        for key, part in zip(job.keys, output.split(count), strict=True):
             if key not in fresh:
                 store_dtype = np.float32 if part.ndim == 2 else np.float16
                 fresh[key] = np.empty((len(rows), *part.shape[1:]), dtype=store_dtype)
-            fresh[key][done : done + len(batch)] = part.cpu().numpy()
+            fresh[key][done : done + count] = part.cpu().numpy()
         if done == 0:
             faults.point("extracting")
-        done += len(batch)
+        done += count
         rate = done / max(time.monotonic() - started, 1e-6)
         if rt.dist.main:
             total = len(rows) * rt.dist.world
@@ -475,13 +377,12 @@ def _extract(
             _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
             saved = done
     _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
-    engine = "ONNX Runtime" if runner is not None else "torch"
     log.info(
         "extracted %d views of %d posters at %.1f posters/s (%s)",
         len(job.views),
         len(rows),
         len(rows) / max(time.monotonic() - started, 1e-6),
-        engine,
+        engine.title if engine is not None else "torch",
     )
 
 

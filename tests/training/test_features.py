@@ -1,5 +1,6 @@
-"""Frozen-part extraction on a CPU: through ONNX Runtime when it matches torch, through torch otherwise,
-with the same numbers either way and every view in the order asked."""
+"""Frozen-part extraction on a CPU: through an ONNX engine (each installed one: OpenVINO, ONNX Runtime)
+when it matches torch, through torch otherwise, with the same numbers either way and every view in the
+order asked; decoding in loader processes overlapping the engine gives the same numbers too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from posterlab.data.transforms import Preprocess
+from posterlab.models import onnx
 from posterlab.models.factory import create_model
 from posterlab.training import features
 from posterlab.training.features import Extraction, FeatureStore, Runtime, compute_features, views_for
@@ -27,7 +29,9 @@ class Unexportable(nn.Module):
         return torch.from_numpy(self.inner(x).numpy().copy())
 
 
-def extract(frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad")) -> dict[str, np.ndarray]:
+def extract(
+    frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad"), workers: int = 0
+) -> dict[str, np.ndarray]:
     preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
     views = views_for(preprocess, fits, flips=True)
     job = Extraction(lambda: frozen, views, [f"key-{view.name}" for view in views])
@@ -35,7 +39,7 @@ def extract(frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad"))
         job,
         [str(p) for p in paths],
         [f"{name}-{i}" for i in range(len(paths))],
-        Runtime(torch.device("cpu"), workers=0),
+        Runtime(torch.device("cpu"), workers=workers),
         store=FeatureStore(tmp_path / name),
     )
     return {view: table.to_array() for view, table in tables.items()}
@@ -47,12 +51,14 @@ def backbone() -> nn.Module:
     return create_model("posterlab_small_cnn", 2, pretrained=False).backbone.eval()
 
 
-def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("engine", onnx.installed())
+def test_each_engine_and_torch_agree(engine, backbone, poster_paths, tmp_path, monkeypatch, caplog):
     paths = poster_paths[:10]
+    monkeypatch.setenv("POSTERLAB_ENGINE", engine)
     with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
-        fast = extract(backbone, paths, tmp_path, "onnx")
-    assert "(ONNX Runtime)" in caplog.text
-    monkeypatch.setattr(features, "onnx_runner", lambda *args, **kwargs: None)
+        fast = extract(backbone, paths, tmp_path, engine)
+    assert f"({onnx.NAMES[engine]})" in caplog.text
+    monkeypatch.setattr(features, "frozen_engine", lambda *args, **kwargs: None)
     plain = extract(backbone, paths, tmp_path, "torch")
     assert list(fast) == ["crop", "pad", "crop-flip", "pad-flip"] == list(plain)
     for view in fast:
@@ -61,9 +67,23 @@ def test_onnx_runtime_and_torch_agree(backbone, poster_paths, tmp_path, monkeypa
     assert not np.allclose(fast["crop"], fast["crop-flip"]), "a flipped view is a different input"
 
 
+def test_decoding_in_a_worker_beside_the_engine_gives_the_same_numbers(
+    backbone, poster_paths, tmp_path, monkeypatch
+):
+    """The overlapped path: a loader process decodes while the engine (with OpenVINO: a request per core
+    in flight) runs the batch before; 19 posters end in a partial batch."""
+    paths = poster_paths[:19]
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    overlapped = extract(backbone, paths, tmp_path, "overlap", fits=("crop",), workers=1)
+    monkeypatch.setattr(features, "frozen_engine", lambda *args, **kwargs: None)
+    plain = extract(backbone, paths, tmp_path, "plain", fits=("crop",))
+    for view in plain:
+        np.testing.assert_allclose(overlapped[view], plain[view], atol=1e-4, rtol=1e-4)
+
+
 def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(backbone, poster_paths, tmp_path, caplog):
     paths = poster_paths[:4]
-    with caplog.at_level(logging.INFO, logger="posterlab.training.features"):
+    with caplog.at_level(logging.INFO):  # the engine's verdict comes from posterlab.models.onnx
         out = extract(Unexportable(backbone), paths, tmp_path, "fallback", fits=("crop",))
     assert "extracting with torch" in caplog.text and "(torch)" in caplog.text
     expected = extract(backbone, paths, tmp_path, "reference", fits=("crop",))
@@ -82,6 +102,7 @@ def test_a_runner_that_disagrees_with_torch_is_refused(backbone, monkeypatch):
 
     import onnxruntime
 
+    monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # the fallback when OpenVINO is not installed
     monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
     with torch.inference_mode():
-        assert features.onnx_runner(backbone, example) is None
+        assert features.frozen_engine(backbone, example) is None

@@ -1,0 +1,125 @@
+"""The one home of ONNX: which engine runs (requested, installed, fastest), parity with torch before any
+engine is used, and the pipelined ``map`` giving the same outputs, in order, as one call at a time."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from posterlab.errors import ModelError
+from posterlab.models import onnx
+from posterlab.models.factory import create_model
+from posterlab.models.onnx import ONNXRUNTIME, OPENVINO, frozen_engine, open_engine
+
+openvino_only = pytest.mark.skipif(OPENVINO not in onnx.installed(), reason="openvino is not installed")
+
+
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("posterlab_small_cnn", 2, pretrained=False).backbone.eval()
+
+
+@pytest.fixture
+def example() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(16, 3, 64, 64)
+
+
+@pytest.fixture
+def exported(backbone, example, tmp_path):
+    path = tmp_path / "frozen.onnx"
+    onnx.torchscript_onnx(backbone, example, path, output="features")
+    return path
+
+
+def test_the_requested_engine_is_the_only_candidate(monkeypatch):
+    monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")
+    assert onnx.candidates() == [ONNXRUNTIME]
+    monkeypatch.setenv("POSTERLAB_ENGINE", "auto")
+    assert onnx.candidates() == onnx.installed()
+    monkeypatch.setenv("POSTERLAB_ENGINE", "tensorrt")
+    with pytest.raises(ModelError, match="POSTERLAB_ENGINE='tensorrt': use one of openvino, onnxruntime"):
+        onnx.candidates()
+
+
+def test_without_openvino_extraction_takes_onnx_runtime(backbone, example, monkeypatch):
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    monkeypatch.setattr(onnx, "installed", lambda: [ONNXRUNTIME])  # as on a machine without the wheel
+    engine = frozen_engine(backbone, example)
+    assert engine is not None and engine.name == ONNXRUNTIME
+
+
+@pytest.mark.parametrize("name", onnx.installed())
+def test_every_installed_engine_matches_torch(name, backbone, example, exported):
+    engine = open_engine(exported, name, threads=1)
+    assert onnx.difference(engine, backbone, example[:3]) <= onnx.tolerance_for(backbone(example[:3]))
+
+
+@pytest.mark.parametrize("name", onnx.installed())
+def test_map_keeps_the_order_with_requests_in_flight(name, exported):
+    engine = open_engine(exported, name, threads=2, chunk=3, streams=2)
+    batches = [
+        np.random.default_rng(i).standard_normal((n, 3, 64, 64), dtype=np.float32)
+        for i, n in enumerate((5, 1, 7, 4))
+    ]
+    mapped = list(engine.map((i, batch) for i, batch in enumerate(batches)))
+    assert [tag for tag, _ in mapped] == [0, 1, 2, 3]
+    for (_, out), batch in zip(mapped, batches, strict=True):
+        np.testing.assert_allclose(out, engine.run(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", onnx.installed())
+def test_a_stop_inside_map_leaves_nothing_running(name, exported):
+    engine = open_engine(exported, name, threads=2, chunk=2, streams=2)
+
+    def batches():
+        yield 0, np.zeros((4, 3, 64, 64), dtype=np.float32)
+        raise KeyboardInterrupt  # what a stop request does to the stream: an exception from the producer
+
+    with pytest.raises(KeyboardInterrupt):
+        list(engine.map(batches()))
+    assert engine.run(np.zeros((1, 3, 64, 64), dtype=np.float32)).shape[0] == 1  # still usable
+
+
+@openvino_only
+def test_an_engine_that_disagrees_is_dropped_for_the_other(backbone, example, monkeypatch, caplog):
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    monkeypatch.setattr(
+        onnx.OpenVinoEngine, "_infer", lambda self, part: np.full((len(part), 8), 5.0, np.float32)
+    )
+    with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
+        engine = frozen_engine(backbone, example)
+    assert engine is not None and engine.name == ONNXRUNTIME
+    assert "OpenVINO differs from torch" in caplog.text
+
+
+@openvino_only
+@pytest.mark.parametrize("slow", [OPENVINO, ONNXRUNTIME])
+def test_the_faster_engine_is_chosen(slow, backbone, example, monkeypatch):
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    # the measurement, not wall-clock time on a shared machine, decides: the slow engine measures 10x
+    monkeypatch.setattr(onnx, "_speed", lambda engine, batch: 0.1 if engine.name == slow else 0.01)
+    engine = frozen_engine(backbone, example)
+    assert engine is not None and engine.name != slow
+
+
+@openvino_only
+def test_the_choice_is_measured_once_per_export(backbone, example, monkeypatch, caplog):
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    first = frozen_engine(backbone, example, identity="choice-test|")
+    with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
+        again = frozen_engine(backbone, example, identity="choice-test|")
+    assert (again.name, again.chunk) == (first.name, first.chunk)
+    assert "as measured before" in caplog.text
+    monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # another set of engines measures afresh
+    assert frozen_engine(backbone, example, identity="choice-test|").name == ONNXRUNTIME
+
+
+def test_no_engine_that_matches_means_torch(backbone, example, monkeypatch):
+    for kind in onnx.KINDS.values():
+        monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
+    assert frozen_engine(backbone, example) is None
