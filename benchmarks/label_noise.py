@@ -56,7 +56,10 @@ def ranking(score: np.ndarray, corrupted: np.ndarray) -> dict:
 
     k = int(corrupted.sum())
     order = np.argsort(score, kind="stable")[:k]
-    return {"auroc": float(roc_auc_score(corrupted, -score)), "precision_at_k": float(corrupted[order].mean())}
+    return {
+        "auroc": float(roc_auc_score(corrupted, -score)),
+        "precision_at_k": float(corrupted[order].mean()),
+    }
 
 
 def self_confidence(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -159,11 +162,15 @@ def main() -> None:
             "posterlab quality": ranking(audit.found.quality, corrupted),
             "posterlab quality, image only (no tags)": ranking(image_only.found.quality, corrupted),
             "self-confidence, all views": ranking(self_confidence(audit.probabilities, noisy), corrupted),
-            f"self-confidence, {fits[0]} only": ranking(self_confidence(plain.probabilities, noisy), corrupted),
+            f"self-confidence, {fits[0]} only": ranking(
+                self_confidence(plain.probabilities, noisy), corrupted
+            ),
         }
         flagged = audit.flagged
         figures["posterlab quality"]["flagged"] = int(flagged.sum())
-        figures["posterlab quality"]["flagged_precision"] = float(corrupted[flagged].mean()) if flagged.any() else 0.0
+        figures["posterlab quality"]["flagged_precision"] = (
+            float(corrupted[flagged].mean()) if flagged.any() else 0.0
+        )
         figures["posterlab quality"]["seconds"] = seconds
         lab = cleanlab_scores(audit.probabilities, noisy)
         if lab is not None:

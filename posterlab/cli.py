@@ -312,16 +312,23 @@ def _audit_parser(sub) -> None:
         "learning; writes one row per poster, most suspicious first, and records the flagged posters in "
         "the dataset's corrections file (labels.csv is never written).",
     )
-    a.add_argument("--data", required=True, help="dataset folder, labels CSV, MovieGenre.csv, zip or 'sample'")
+    a.add_argument(
+        "--data", required=True, help="dataset folder, labels CSV, MovieGenre.csv, zip or 'sample'"
+    )
     a.add_argument("--target", default="genres", help="genres | label | a rule such as imdb_score>=7")
     a.add_argument("--genres", help=COMPOSITE_HELP["--genres"])
     a.add_argument("--merge", action="append", metavar="FROM=INTO", help=COMPOSITE_HELP["--merge"])
     a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="embeddings of this backbone")
-    a.add_argument("--fit", default="crop", help=f"fits to embed, comma-separated ({', '.join(FITS)}); cached "
-                   "fits and flips are used too")
+    a.add_argument(
+        "--fit",
+        default="crop",
+        help=f"fits to embed, comma-separated ({', '.join(FITS)}); cached fits and flips are used too",
+    )
     a.add_argument("--folds", type=int, default=5, help="k of the k-fold probe (default 5)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--accept-all", action="store_true", help="accept every suggestion in the corrections file")
+    a.add_argument(
+        "--accept-all", action="store_true", help="accept every suggestion in the corrections file"
+    )
     a.add_argument("--out", required=True, help="CSV to write")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)

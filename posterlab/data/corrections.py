@@ -138,7 +138,9 @@ def correct_frame(frame: pd.DataFrame, changes: dict[str, dict[str, Any]]) -> tu
     for position in np.nonzero(ids.isin(changes).to_numpy())[0]:
         change = changes[ids.iloc[position]]
         if "add" in change or "remove" in change:
-            genres = [g for g in frame.at[frame.index[position], "genres"] if g not in change.get("remove", ())]
+            genres = [
+                g for g in frame.at[frame.index[position], "genres"] if g not in change.get("remove", ())
+            ]
             genres += [g for g in change.get("add", ()) if g not in genres]
             frame.at[frame.index[position], "genres"] = tuple(genres)
             changed += 1
@@ -191,7 +193,9 @@ def apply_corrections(frame: pd.DataFrame, rule, config, on_event=None):
         frame = frame[keep].reset_index(drop=True)
     if on_event is not None:
         text = f"label corrections ({key}): {changed} posters corrected"
-        on_event(Message(text + (f", {dropped} flagged posters left out" if config.corrections == "drop" else "")))
+        on_event(
+            Message(text + (f", {dropped} flagged posters left out" if config.corrections == "drop" else ""))
+        )
     log.info("corrections %s: %d changed, %d left out", key, changed, dropped)
     if rule.target != "threshold":
         return frame, rule, lambda ids, y: y

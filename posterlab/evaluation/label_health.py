@@ -76,8 +76,22 @@ def out_of_fold(
     if n < max(MIN_POSTERS, folds):
         raise DataError(f"a label audit needs at least {max(MIN_POSTERS, folds)} labelled posters (got {n})")
     fold_of = _folds(y, folds, seed, multilabel)
-    out = np.zeros((n, k), dtype=np.float64)
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    # one thread: these fits are small matrix products, which several threads slow down on a busy CPU
+    # (measured 0.6 s vs 48 s for a 100-poster audit on two shared cores); restored below
+    torch.set_num_threads(1)
+    try:
+        return _out_of_fold(views, y, multilabel, folds, l2, context, on_fold, fold_of)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _out_of_fold(views, y, multilabel, folds, l2, context, on_fold, fold_of) -> np.ndarray:
+    import torch
+
+    n, k = y.shape
+    out = np.zeros((n, k), dtype=np.float64)
     mask = None
     if context is not None:
         mask = torch.ones(context.shape[1], k)
@@ -211,7 +225,9 @@ def find_issues(probabilities: np.ndarray, y: np.ndarray, multilabel: bool) -> I
             np.zeros((k, 2, 2)),
         )
         for j in range(k):
-            thresholds[j], issues[:, j], confident, quality[:, j], joints[j] = _binary(probabilities[:, j], y[:, j])
+            thresholds[j], issues[:, j], confident, quality[:, j], joints[j] = _binary(
+                probabilities[:, j], y[:, j]
+            )
             suggested[issues[:, j], j] = confident[issues[:, j]]
         noise = (joints[:, 0, 1] + joints[:, 1, 0]) / max(n, 1)
         return Issues(thresholds, issues, suggested, quality, quality.min(1), noise, joints)
@@ -274,8 +290,7 @@ class Audit:
         y, suggested, issues = self.y > 0.5, self.found.suggested > 0.5, self.found.issues
         multilabel = self.rule.multilabel
         tagged = [
-            "|".join(names[row & given]) if multilabel else ""
-            for row, given in zip(issues, y, strict=True)
+            "|".join(names[row & given]) if multilabel else "" for row, given in zip(issues, y, strict=True)
         ]
         missing = [
             "|".join(names[(sug & ~given)]) if multilabel else ""
@@ -288,7 +303,9 @@ class Audit:
             elif not multilabel:
                 kinds.append(WRONG_LABEL)
             else:
-                kinds.append(", ".join(kind for kind, on in ((TAGGED_UNLIKELY, t), (MISSING_LIKELY, m)) if on))
+                kinds.append(
+                    ", ".join(kind for kind, on in ((TAGGED_UNLIKELY, t), (MISSING_LIKELY, m)) if on)
+                )
         out = pd.DataFrame(
             {
                 "id": self.frame["id"].astype(str).to_numpy(),
@@ -479,7 +496,6 @@ def record(audit: Audit, path: str) -> None:
     corrections = Corrections.load(path)
     corrections.set_flagged(target_key(audit.rule_target), audit.changes())
     corrections.save()
-
 
 
 def audit_to_csv(
