@@ -33,6 +33,7 @@ from posterlab.models.registry import BACKBONES
 from posterlab.models.weights import weights_file
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
+from workbench.label_health import corrections_control
 from workbench.widgets import (
     STATUS_ICONS,
     augment_controls,
@@ -294,7 +295,9 @@ def data_section(path: str) -> tuple[LabelConfig | None, dict]:
         help=describe(DataConfig, "limit"),
         **REMEMBER,
     )
+    corrections = corrections_control(path, defaults.corrections)
     return labels, {
+        "corrections": corrections,
         "balance": balance,
         "fit": (fits or ["crop"])[0],
         "extra_fits": tuple(fits[1:]),

@@ -55,6 +55,7 @@ class Corrections:
     dataset: str
     flagged: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+    summaries: dict[str, str] = field(default_factory=dict)  # per target: the last audit's one line
 
     # ------------------------------------------------------------------------------------- file
 
@@ -70,7 +71,9 @@ class Corrections:
             raise DataError(
                 f"{file}: unreadable corrections file ({error}); delete it to start the review again"
             ) from None
-        return cls(str(path), values.get("flagged", {}), values.get("decisions", {}))
+        return cls(
+            str(path), values.get("flagged", {}), values.get("decisions", {}), values.get("summaries", {})
+        )
 
     def save(self) -> Path:
         """Write atomically (a temporary file, then a rename): a reader never sees half a file."""
@@ -82,6 +85,7 @@ class Corrections:
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "flagged": self.flagged,
             "decisions": self.decisions,
+            "summaries": self.summaries,
         }
         temporary = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
         temporary.write_text(json.dumps(payload, indent=1, sort_keys=True))
@@ -200,3 +204,37 @@ def apply_corrections(frame: pd.DataFrame, rule, config, on_event=None):
     if rule.target != "threshold":
         return frame, rule, lambda ids, y: y
     return frame, rule, lambda ids, y: correct_targets(ids, y, rule.labels, accepted)
+
+
+def corrected_labels_csv(path: str, target: str = "genres") -> bytes:
+    """The dataset's labels with the accepted corrections of ``target`` applied, as CSV bytes to download
+    (never written over the dataset's own labels.csv). A labels.csv keeps its columns and rows, only the
+    corrected cells change; other sources are written as ``id, genres, label``."""
+    from posterlab.data.sources import load_dataset
+
+    dataset = load_dataset(path)
+    changes = Corrections.load(path).accepted(target)
+    source = dataset.root / "labels.csv"
+    table = pd.read_csv(source, dtype=str, keep_default_na=False) if source.is_file() else None
+    if table is not None and "imdb_id" in table.columns:
+        for position, poster in enumerate(table["imdb_id"].str.strip()):
+            change = changes.get(poster)
+            if not change:
+                continue
+            if "genres" in table.columns and ("add" in change or "remove" in change):
+                genres = [g for g in table.at[position, "genres"].split("|") if g]
+                genres = [g for g in genres if g not in change.get("remove", ())]
+                genres += [g for g in change.get("add", ()) if g not in genres]
+                table.at[position, "genres"] = "|".join(genres)
+            elif "label" in change and "label" in table.columns:
+                table.at[position, "label"] = change["label"]
+        return table.to_csv(index=False).encode()
+    frame, _ = correct_frame(dataset.frame, changes)
+    out = pd.DataFrame(
+        {
+            "id": frame["id"],
+            "genres": ["|".join(g) for g in frame["genres"]],
+            "label": frame["label"].fillna("") if "label" in frame else "",
+        }
+    )
+    return out.to_csv(index=False).encode()

@@ -495,6 +495,7 @@ def record(audit: Audit, path: str) -> None:
 
     corrections = Corrections.load(path)
     corrections.set_flagged(target_key(audit.rule_target), audit.changes())
+    corrections.summaries[target_key(audit.rule_target)] = audit.summary()
     corrections.save()
 
 
