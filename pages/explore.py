@@ -15,6 +15,7 @@ from posterlab.evaluation import figures, interpret
 from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
+from workbench.label_health import quality_column
 from workbench.widgets import forget_invalid, map_chart, run_picker, show_error
 
 through_app()  # before anything is drawn: see workbench.through_app
@@ -273,8 +274,9 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         show_error(error, path)
         return
     points = colour_columns(space, table, labels).assign(x=xy[:, 0], y=xy[:, 1])
+    points = quality_column(points, path)  # from the dataset's last label audit, when there is one
     options = [f"label: {label}" for label in labels] + [
-        c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
+        c for c in ("truth", "split", "predicted", "outcome", "loss", "label quality") if c in points
     ]
     colour = c1.selectbox("Colour by", options, key="explore_map_colour")
     event = st.altair_chart(map_chart(points, colour, labels), on_select="rerun", key="explore_map_chart")

@@ -164,3 +164,20 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
             )
         finally:
             browser.close()
+
+
+def test_the_map_can_colour_by_label_quality(no_corrections) -> None:
+    from posterlab.data.corrections import save_scores
+    from workbench.label_health import quality_column
+    from workbench.widgets import map_chart
+
+    points = pd.DataFrame(
+        {"id": [FIRST, SECOND, "tt-none"], "x": [0.0, 1, 2], "y": [0.0, 1, 2], "thumbnail": "", "title": "t"}
+    ).assign(truth="Drama")
+    assert "label quality" not in quality_column(points, "sample")  # never audited
+    _flag_two()
+    save_scores("sample", "genres", pd.DataFrame({"id": [FIRST, SECOND], "quality": [0.1, 0.9]}))
+    shown = quality_column(points, "sample")
+    assert shown["label quality"].iloc[:2].tolist() == [0.1, 0.9] and shown["label quality"].isna().iloc[2]
+    encoding = map_chart(shown, "label quality", ["Drama"]).to_dict()["encoding"]["color"]
+    assert encoding["type"] == "quantitative" and encoding["scale"]["domain"] == [0, 1]

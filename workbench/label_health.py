@@ -190,3 +190,16 @@ def label_health_view(path: str, labels: LabelConfig, frame: pd.DataFrame, rule:
         icon=":material/download:",
     )
     st.caption(f"Corrections file: `{corrections_path(path)}`")
+
+
+def quality_column(points: pd.DataFrame, path: str) -> pd.DataFrame:
+    """``points`` with a ``label quality`` column from the dataset's last audit (genres first, then any
+    other target); unchanged when the dataset was never audited."""
+    from posterlab.data.corrections import load_scores
+
+    corrections = Corrections.load(path)
+    for key in sorted(corrections.flagged, key=lambda name: name != "genres"):
+        scores = load_scores(path, key)
+        if scores is not None:
+            return points.assign(**{"label quality": points["id"].astype(str).map(scores)})
+    return points

@@ -238,3 +238,27 @@ def corrected_labels_csv(path: str, target: str = "genres") -> bytes:
         }
     )
     return out.to_csv(index=False).encode()
+
+
+def scores_path(path: str | Path, target: str) -> Path:
+    """Where the last audit of ``target`` keeps every poster's label quality (for the Explore map)."""
+    safe = hashlib.sha256(target.encode()).hexdigest()[:8]
+    return corrections_path(path).with_name(f"{dataset_key(path)}-{safe}.quality.csv")
+
+
+def save_scores(path: str | Path, target: str, scores: pd.DataFrame) -> None:
+    """``scores``: id, quality of every audited poster (atomically)."""
+    file = scores_path(path, target)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
+    scores[["id", "quality"]].to_csv(temporary, index=False)
+    os.replace(temporary, file)
+
+
+def load_scores(path: str | Path, target: str) -> pd.Series | None:
+    """id → label quality from the last audit of ``target`` (None when there was none)."""
+    file = scores_path(path, target)
+    if not file.is_file():
+        return None
+    table = pd.read_csv(file, dtype={"id": str})
+    return table.set_index("id")["quality"]

@@ -491,11 +491,12 @@ def audit_dataset(
 def record(audit: Audit, path: str) -> None:
     """Save the audit's flagged posters and suggestions in the dataset's corrections file (the user's
     decisions are kept)."""
-    from posterlab.data.corrections import Corrections, target_key
+    from posterlab.data.corrections import Corrections, save_scores, target_key
 
     corrections = Corrections.load(path)
     corrections.set_flagged(target_key(audit.rule_target), audit.changes())
     corrections.summaries[target_key(audit.rule_target)] = audit.summary()
+    save_scores(path, target_key(audit.rule_target), audit.table())
     corrections.save()
 
 
