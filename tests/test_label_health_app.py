@@ -128,6 +128,8 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
             view.goto(url)
             settle(view)
             go(view, "Dataset")
+            shot(view, "label-health-dataset")
+            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=180_000)
             view.get_by_role("tab", name="Label health").click()
             settle(view)
             view.get_by_role("button", name="Find suspicious labels").click()
