@@ -143,9 +143,9 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
             [accepted] = Corrections.load("sample").accepted("genres")
             shot(view, "label-health")
 
-            view.reload()  # refresh: the decision comes back from the corrections file
+            view.reload()  # refresh (a new session, on the Dataset page): the decision comes back from the file
             settle(view)
-            go(view, "Dataset")
+            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=180_000)
             view.get_by_role("tab", name="Label health").click()
             settle(view)
             expect(view.get_by_text("1 accepted", exact=False).first).to_be_visible(timeout=60_000)
