@@ -129,7 +129,7 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
             settle(view)
             go(view, "Dataset")
             shot(view, "label-health-dataset")
-            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=180_000)
+            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=400_000)
             view.get_by_role("tab", name="Label health").click()
             settle(view)
             view.get_by_role("button", name="Find suspicious labels").click()
@@ -145,7 +145,7 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
 
             view.reload()  # refresh (a new session, on the Dataset page): the decision comes back from the file
             settle(view)
-            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=180_000)
+            expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=400_000)
             view.get_by_role("tab", name="Label health").click()
             settle(view)
             expect(view.get_by_text("1 accepted", exact=False).first).to_be_visible(timeout=60_000)
