@@ -146,7 +146,8 @@ def test_label_health_in_a_real_browser(tmp_path: Path, no_corrections) -> None:
             view.reload()  # refresh (a new session, on the Dataset page): the decision comes back from the file
             settle(view)
             expect(view.get_by_role("tab", name="Label health")).to_be_visible(timeout=400_000)
-            view.get_by_role("tab", name="Label health").click()
+            settle(view)
+            view.get_by_role("tab", name="Label health").click(no_wait_after=True)
             settle(view)
             expect(view.get_by_text("1 accepted", exact=False).first).to_be_visible(timeout=60_000)
 
