@@ -135,7 +135,9 @@ def train_pair(data: str, backbone: str, fits: tuple[str, ...], out: Path) -> di
 
 
 def _as_given(data: str, run_dir: Path, folder: Path) -> Path:
-    """A dataset folder of the run's test posters with their labels as given (images linked)."""
+    """A dataset folder of the run's test posters with their labels as given (images copied)."""
+    import shutil
+
     import pandas as pd
 
     from posterlab.runs import read_splits
@@ -144,8 +146,11 @@ def _as_given(data: str, run_dir: Path, folder: Path) -> Path:
     table = pd.read_csv(Path(data) / "labels.csv", dtype=str, keep_default_na=False)
     folder.mkdir(parents=True, exist_ok=True)
     table[table["imdb_id"].isin(test)].to_csv(folder / "labels.csv", index=False)
-    if not (folder / "images").exists():
-        (folder / "images").symlink_to((Path(data) / "images").resolve())
+    (folder / "images").mkdir(exist_ok=True)
+    for poster in table.loc[table["imdb_id"].isin(test), "imdb_id"]:  # copies: a linked folder is refused
+        target = folder / "images" / f"{poster}.jpg"
+        if not target.exists():
+            shutil.copyfile(Path(data) / "images" / f"{poster}.jpg", target)
     return folder
 
 
