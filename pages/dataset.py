@@ -16,6 +16,7 @@ from posterlab.errors import PosterlabError
 from posterlab.evaluation import figures
 from posterlab.models.registry import BACKBONES, DEFAULT_BACKBONE
 from workbench import state, through_app
+from workbench.label_health import label_health_view
 from workbench.titles import readable_title
 from workbench.widgets import augment_controls, balance_control, label_controls, require_dataset, show_error
 
@@ -57,8 +58,15 @@ used.metric("With a selected label", len(labelled.frame))
 unlabelled.metric("Dropped without a label", len(labelled.dropped))
 st.caption(f"Target: {rule.describe()}. The Train page starts from this selection.")
 
-tab_labels, tab_splits, tab_images, tab_cleaning, tab_augment = st.tabs(
-    ["Labels", "Splits & balancing", "Image sizes", "Cleaning report", "Augmentation preview"],
+tab_labels, tab_splits, tab_images, tab_cleaning, tab_augment, tab_health = st.tabs(
+    [
+        "Labels",
+        "Splits & balancing",
+        "Image sizes",
+        "Cleaning report",
+        "Augmentation preview",
+        "Label health",
+    ],
     key="dataset_tab",
     bind="query-params",  # a refresh (or a link) opens the same tab
     on_change="rerun",  # only the open tab is computed
@@ -208,3 +216,7 @@ if tab_augment.open:
                 caption=[f"{title} ({truth})"] + [f"augmented view {i + 1}" for i in range(views)],
                 width=150,
             )
+
+if tab_health.open:
+    with tab_health:
+        label_health_view(path, labels, cleaned, rule)

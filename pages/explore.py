@@ -15,6 +15,7 @@ from posterlab.evaluation import figures, interpret
 from posterlab.models.stages import feature_levels
 from posterlab.runs import Run, list_runs
 from workbench import state, through_app
+from workbench.label_health import quality_column
 from workbench.titles import readable_title
 from workbench.widgets import forget_invalid, map_chart, run_picker, show_error
 
@@ -318,8 +319,9 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
     if "outcome" in points and "outcome" in table:  # the gallery's right / partly / wrong, not right or wrong
         scored = table.drop_duplicates("id").set_index("id")["outcome"]
         points["outcome"] = points["id"].map(scored).fillna("not scored")
+    points = quality_column(points, path)  # from the dataset's last label audit, when there is one
     options = [f"label: {label}" for label in labels] + [
-        c for c in ("truth", "split", "predicted", "outcome", "loss") if c in points
+        c for c in ("truth", "split", "predicted", "outcome", "loss", "label quality") if c in points
     ]
     forget_invalid("explore_map_colour", options)
     colour = c1.selectbox(

@@ -35,6 +35,7 @@ from posterlab.models.weights import weights_file
 from posterlab.runs import Run, list_runs, load_run
 from posterlab.training.study import search_unfinished
 from workbench import state, through_app
+from workbench.label_health import corrections_control
 from workbench.search import search_controls, study_panel
 from workbench.widgets import (
     STATUS_ICONS,
@@ -377,7 +378,9 @@ def data_section(path: str) -> tuple[LabelConfig | None, dict]:
     )
     if limit is None:  # out of range: refused under its field
         labels = None
+    corrections = corrections_control(path, defaults.corrections)
     return labels, {
+        "corrections": corrections,
         "balance": balance,
         "fit": (fits or ["crop"])[0],
         "extra_fits": tuple(fits[1:]),

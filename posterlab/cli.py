@@ -306,6 +306,8 @@ def _other_parsers(sub) -> None:
     )
     s.set_defaults(func=cmd_export)
 
+    _audit_parser(sub)
+
     d = sub.add_parser("demo", help="start the Gradio demo")
     d.add_argument("run", nargs="?", help="a run folder (default: every finished run under --checkpoints)")
     d.add_argument("--port", type=int, default=7860)
@@ -313,6 +315,39 @@ def _other_parsers(sub) -> None:
     d.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     d.add_argument("--checkpoints", help="folder of runs for the model picker (default ./checkpoints)")
     d.set_defaults(func=cmd_demo)
+
+
+def _audit_parser(sub) -> None:
+    from posterlab.config import FITS
+    from posterlab.models.registry import DEFAULT_BACKBONE
+
+    a = sub.add_parser(
+        "audit",
+        help="find probably wrong labels (out-of-fold probe + confident learning); writes a CSV",
+        description="Scores every poster's labels with a k-fold probe on cached embeddings and confident "
+        "learning; writes one row per poster, most suspicious first, and records the flagged posters in "
+        "the dataset's corrections file (labels.csv is never written).",
+    )
+    a.add_argument(
+        "--data", required=True, help="dataset folder, labels CSV, MovieGenre.csv, zip or 'sample'"
+    )
+    a.add_argument("--target", default="genres", help="genres | label | a rule such as imdb_score>=7")
+    a.add_argument("--genres", help=COMPOSITE_HELP["--genres"])
+    a.add_argument("--merge", action="append", metavar="FROM=INTO", help=COMPOSITE_HELP["--merge"])
+    a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="embeddings of this backbone")
+    a.add_argument(
+        "--fit",
+        default="crop",
+        help=f"fits to embed, comma-separated ({', '.join(FITS)}); cached fits and flips are used too",
+    )
+    a.add_argument("--folds", type=int, default=5, help="k of the k-fold probe (default 5)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--accept-all", action="store_true", help="accept every suggestion in the corrections file"
+    )
+    a.add_argument("--out", required=True, help="CSV to write")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=cmd_audit)
 
 
 def parser(defaults: RunConfig | None = None) -> argparse.ArgumentParser:
@@ -582,6 +617,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(folder)
         if args.push:
             print(push_space(folder, args.push))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from posterlab.config import DataConfig, LabelConfig
+
+    fits = [f.strip() for f in args.fit.split(",") if f.strip()] or ["crop"]
+    labels = LabelConfig(target=args.target, merge=_merges(args.merge), **_genres(args.genres))
+    data = DataConfig(path=args.data, labels=labels, fit=fits[0], extra_fits=tuple(fits[1:]), seed=args.seed)
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise PosterlabError(f"{out}: give a CSV file path in an existing folder for --out")
+    from posterlab.evaluation.label_health import audit_to_csv
+
+    summary = audit_to_csv(data, args.backbone, args.folds, out, _Bars(args.quiet), args.accept_all)
+    print(summary)
     return 0
 
 

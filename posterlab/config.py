@@ -21,6 +21,9 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 HEADS = ("linear", "mlp")
 DEVICES = ("auto", "cpu", "cuda")
+# label corrections from a label audit (posterlab.data.corrections): none, the accepted ones, or leave out
+# the flagged posters nobody reviewed
+CORRECTIONS = ("none", "apply", "drop")
 # Grad-CAM family methods (pytorch-grad-cam); the slow ones run a forward pass per channel of the layer
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam", "scorecam")
 SLOW_CAM_METHODS = ("scorecam",)
@@ -148,9 +151,16 @@ class DataConfig:
         "same and one is dropped (-1: keep near-duplicates)",
     )
     limit: int | None = option(None, "use at most N posters (a random subset, by seed): quick runs")
+    corrections: str = option(
+        "none",
+        "label corrections from a label audit (posterlab audit, Dataset page): none; apply (the accepted "
+        "suggestions replace the labels); drop (also leave out flagged posters nobody reviewed)",
+        choices=CORRECTIONS,
+    )
 
     def __post_init__(self) -> None:
         _choice("balance", self.balance, BALANCE)
+        _choice("corrections", self.corrections, CORRECTIONS)
         _choice("fit", self.fit, FITS)
         for extra in self.extra_fits:
             _choice("extra_fits", extra, FITS)

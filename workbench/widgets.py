@@ -523,6 +523,10 @@ def map_chart(points: pd.DataFrame, colour: str, labels: list[str]):
     points = points[shown].assign(colour=points[colour])
     if colour == "loss":
         encoding = alt.Color("colour:Q", scale=alt.Scale(scheme="orangered"), title="loss")
+    elif colour == "label quality":  # low = suspicious labels: red
+        encoding = alt.Color(
+            "colour:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), title=colour
+        )
     elif colour.startswith("label: "):
         tint = label_colours(labels).get(colour[7:], "#1f77b4")
         encoding = alt.Color(

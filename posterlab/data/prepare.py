@@ -39,7 +39,14 @@ def prepare_data(
             np.random.default_rng(config.seed).choice(len(cleaned.frame), size=config.limit, replace=False)
         )
         cleaned.frame = cleaned.frame.iloc[keep].reset_index(drop=True)
-    labelled = apply_rule(cleaned.frame, rule or resolve_rule(cleaned.frame, config.labels))
+    rule = rule or resolve_rule(cleaned.frame, config.labels)
+    if config.corrections != "none":
+        from posterlab.data.corrections import apply_corrections
+
+        cleaned.frame, rule, y_fix = apply_corrections(cleaned.frame, rule, config, on_event)
+    labelled = apply_rule(cleaned.frame, rule)
+    if config.corrections != "none":
+        labelled.y = y_fix(labelled.frame["id"], labelled.y)
     splits = (
         split_indices(labelled.y, config.val_fraction, config.test_fraction, config.seed) if split else None
     )

@@ -1,0 +1,193 @@
+"""Label health: confident learning on out-of-fold probabilities, the audit on the embedded sample,
+corrections applied when labels are built, and ``posterlab audit``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from posterlab.cli import main
+from posterlab.config import DataConfig, LabelConfig, RunConfig, from_dict, to_dict
+from posterlab.data.corrections import ACCEPT, KEEP, Corrections, corrections_path
+from posterlab.data.prepare import prepare_data
+from posterlab.evaluation.label_health import (
+    MISSING_LIKELY,
+    TAGGED_UNLIKELY,
+    audit_dataset,
+    audit_features,
+    find_issues,
+    out_of_fold,
+)
+from tests.conftest import needs_weights
+
+
+def test_multilabel_issues_follow_the_class_thresholds():
+    rng = np.random.default_rng(0)
+    n = 200
+    y = (rng.random((n, 2)) < 0.4).astype(np.float32)
+    y[:, 0] = np.r_[np.ones(100), np.zeros(100)]
+    p = np.where(y > 0.5, 0.8, 0.2) + rng.normal(0, 0.02, (n, 2))
+    p[0, 0] = 0.05  # tagged, confidently absent
+    p[150, 0] = 0.95  # not tagged, confidently present
+    found = find_issues(p, y, multilabel=True)
+    assert found.thresholds[0, 1] == pytest.approx(p[y[:, 0] > 0.5, 0].mean())
+    assert found.thresholds[0, 0] == pytest.approx((1 - p[y[:, 0] < 0.5, 0]).mean())
+    assert found.issues[0, 0] and found.suggested[0, 0] == 0
+    assert found.issues[150, 0] and found.suggested[150, 0] == 1
+    assert found.quality[0] == pytest.approx(0.05) and found.quality[150] == pytest.approx(0.05)
+    assert ((found.quality >= 0) & (found.quality <= 1)).all()
+    assert np.argsort(found.quality)[:2].tolist() in ([0, 150], [150, 0])
+    assert 0 < found.noise_rate[0] < 0.05  # two wrong labels of 200, calibrated
+
+
+def test_single_label_issue_suggests_the_confident_class():
+    n, k = 90, 3
+    given = np.arange(n) % k
+    y = np.eye(k, dtype=np.float32)[given]
+    p = np.full((n, k), 0.1)
+    p[np.arange(n), given] = 0.8
+    p[5] = [0.05, 0.05, 0.9]  # labelled class 2 already: clean
+    p[7] = [0.9, 0.05, 0.05]  # labelled class 1, confidently class 0
+    found = find_issues(p, y, multilabel=False)
+    assert found.issues.any(1).nonzero()[0].tolist() == [7]
+    assert found.suggested[7].tolist() == [1, 0, 0]
+    assert found.quality[7] == pytest.approx(0.05)
+
+
+def test_out_of_fold_probabilities_never_see_their_poster():
+    # a poster's own (random) label is unlearnable from the others: out-of-fold scores stay near the prior
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    y = (rng.random((100, 1)) < 0.5).astype(np.float32)
+    p = out_of_fold([x], y, multilabel=True, folds=5, l2=1e-4)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y[:, 0], p[:, 0]) < 0.7
+    # a learnable label is learnt
+    y2 = (x[:, :1] > 0).astype(np.float32)
+    assert roc_auc_score(y2[:, 0], out_of_fold([x], y2, multilabel=True, l2=1e-3)[:, 0]) > 0.95
+
+
+@pytest.fixture
+def clean_corrections():
+    """Corrections of the embedded sample start and end empty (the cache folder is the session's)."""
+    corrections_path("sample").unlink(missing_ok=True)
+    yield
+    corrections_path("sample").unlink(missing_ok=True)
+
+
+@needs_weights
+def test_audit_of_the_sample_ranks_injected_errors_first(clean_corrections):
+    data = DataConfig(path="sample", labels=LabelConfig(top_n=4))
+    audit = audit_dataset(data, folds=3)
+    table = audit.table()
+    assert len(table) == len(audit.y) == len(set(table["id"]))
+    assert {"id", "quality", "given", "suggested", "kind", TAGGED_UNLIKELY, MISSING_LIKELY} <= set(table)
+    assert table["quality"].is_monotonic_increasing and table["quality"].between(0, 1).all()
+    flagged = table[table["flagged"]]
+    assert set(flagged["kind"]) <= {TAGGED_UNLIKELY, MISSING_LIKELY, f"{TAGGED_UNLIKELY}, {MISSING_LIKELY}"}
+    assert (flagged["given"] != flagged["suggested"]).all()
+    assert audit.summary().startswith(f"{len(table)} posters, {len(flagged)} flagged; estimated noisy share")
+
+    # errors planted in the labels: remove every poster's strongest label where it carries two or more
+    prepared = prepare_data(data, split=False)
+    from posterlab.evaluation.label_health import embeddings
+
+    views = embeddings(prepared, "tf_efficientnet_lite0")
+    y = prepared.labelled.y.copy()
+    rng = np.random.default_rng(0)
+    rows = rng.choice(np.nonzero(y.sum(1) == 1)[0], size=15, replace=False)
+    absent = [rng.choice(np.nonzero(y[r] == 0)[0]) for r in rows]
+    y[rows, absent] = 1.0  # a genre the poster does not carry
+    prepared.labelled.y = y
+    noisy = audit_features(prepared, views, folds=5)
+    from sklearn.metrics import roc_auc_score
+
+    corrupted = np.isin(np.arange(len(y)), rows)
+    assert roc_auc_score(corrupted, -noisy.found.quality) > 0.7
+
+
+def test_corrections_are_applied_when_labels_are_built(clean_corrections):
+    data = DataConfig(path="sample", labels=LabelConfig(genres=("Drama", "Comedy")))
+    plain = prepare_data(data, split=False).labelled
+    first, second, third = plain.frame["id"].iloc[:3].tolist()
+    corrections = Corrections.load("sample")
+    corrections.set_flagged(
+        "genres",
+        {
+            first: {"add": ["Comedy"], "remove": ["Drama"]},
+            second: {"add": ["Drama", "Comedy"], "remove": []},
+            third: {"add": ["Comedy"], "remove": []},
+        },
+    )
+    corrections.decide("genres", first, ACCEPT)
+    corrections.decide("genres", second, KEEP)
+    corrections.save()
+    assert json.loads(corrections_path("sample").read_text())["decisions"]["genres"] == {
+        first: ACCEPT,
+        second: KEEP,
+    }
+
+    applied = prepare_data(replace(data, corrections="apply"), split=False).labelled
+    row = applied.frame.index[applied.frame["id"] == first][0]
+    assert applied.y[row].tolist() == [0.0, 1.0]  # Drama removed, Comedy added
+    assert len(applied.frame) == len(plain.frame)
+    unchanged = [i for i in range(len(plain.frame)) if plain.frame["id"].iloc[i] != first]
+    assert (applied.y[unchanged] == plain.y[unchanged]).all()
+
+    dropped = prepare_data(replace(data, corrections="drop"), split=False).labelled
+    assert third not in set(dropped.frame["id"])  # flagged, never reviewed: left out
+    assert {first, second} <= set(dropped.frame["id"])  # reviewed posters stay
+    assert len(dropped.frame) == len(plain.frame) - 1
+
+    # the user's labels.csv is never written
+    from posterlab import settings
+
+    labels_csv = pd.read_csv(settings.SAMPLES["sample"] / "labels.csv")
+    assert "Drama" in labels_csv.set_index("imdb_id").loc[first, "genres"]
+
+
+def test_the_run_config_records_the_corrections_mode():
+    config = RunConfig(data=DataConfig(corrections="drop"))
+    assert to_dict(config)["data"]["corrections"] == "drop"
+    assert from_dict(RunConfig, to_dict(config)).data.corrections == "drop"
+    with pytest.raises(Exception, match="corrections must be one of none, apply, drop"):
+        DataConfig(corrections="some")
+
+
+@needs_weights
+def test_cli_audit_writes_the_csv_and_one_line_summary(tmp_path, capsys, clean_corrections):
+    out = tmp_path / "audit.csv"
+    assert main(["audit", "--data", "sample", "--genres", "3", "--folds", "3", "-q", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "posters" in printed[0] and "noise rate per label: Drama" in printed[0]
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns[:4]) == ["id", "title", "quality", "given"] and "suggested" in table
+    assert table["quality"].is_monotonic_increasing and table["id"].str.startswith("tt").all()
+    assert all(set(g.split("|")) <= {"Drama", "Comedy", "Action", ""} for g in table["suggested"])
+    recorded = Corrections.load("sample").flagged["genres"]
+    assert set(recorded) == set(table.loc[table["flagged"].astype(str) == "True", "id"])
+
+    # --accept-all, then a run "with corrections" trains on the corrected labels
+    assert main(["audit", "--data", "sample", "--genres", "3", "--folds", "3", "-q", "--accept-all",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert set(Corrections.load("sample").accepted("genres")) == set(recorded)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "no/such/folder"], "no such file or folder"),
+        (["--data", "sample", "--target", "nonsense"], "target must be 'genres', 'label' or a rule"),
+        (["--data", "sample", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["--data", "sample", "--folds", "1"], "at least 2 folds"),
+    ],
+)
+def test_cli_audit_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    assert main(["audit", *argv, "--out", str(tmp_path / "a.csv")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("posterlab: error:") and message in error and "\n" not in error
