@@ -675,6 +675,31 @@ def launch_options(host: str | None = None, port: int | None = None, share: bool
     }
 
 
+def serve(
+    state: DemoState,
+    host: str | None = None,
+    port: int | None = None,
+    share: bool = False,
+    quiet: bool = False,
+    demo: gr.Blocks | None = None,
+) -> gr.Blocks:
+    """The one launch sequence (``posterlab demo``, the workbench, the Space): lay the page out (unless
+    ``demo`` is that page already), serve it without blocking, then load the first model in the background
+    (loading it while the page is laid out would slow the start by ~2 s, measured)."""
+    demo = demo or layout(state)
+    try:
+        demo.launch(
+            **launch_options(host=host, port=port, share=share), prevent_thread_lock=True, quiet=quiet
+        )
+    except OSError as error:
+        where = f" on port {port}" if port else ""
+        raise PosterlabError(
+            f"cannot serve the demo{where} ({error}); free the port or pass another"
+        ) from None
+    state.warm()
+    return demo
+
+
 def launch(
     run: str | Path | None = None,
     port: int = 7860,
@@ -684,14 +709,7 @@ def launch(
     host: str | None = None,
 ) -> None:
     """Serve the demo until interrupted (``posterlab demo``); the model loads while the page is up."""
-    state = DemoState(run, checkpoints)
-    demo = layout(state)
-    try:
-        demo.launch(**launch_options(host=host, port=port, share=share), prevent_thread_lock=True)
-    except OSError as error:
-        raise PosterlabError(f"cannot serve the demo on port {port} ({error}); pass another --port") from None
-    state.warm()  # after the page is served: loading it meanwhile would slow the start by ~2 s, measured
-    demo.block_thread()
+    serve(DemoState(run, checkpoints), host=host, port=port, share=share).block_thread()
 
 
 def serve_in_background(
@@ -703,15 +721,6 @@ def serve_in_background(
     other machines); ``port`` None lets Gradio pick a free one from 7860 up (or ``GRADIO_SERVER_PORT``).
     The caller keeps the server (the workbench: once per process, through ``st.cache_resource``).
     """
-    state = DemoState(checkpoints=Path(checkpoints))
-    demo = layout(state)
-    try:
-        _, url, _ = demo.launch(**launch_options(host=host, port=port), prevent_thread_lock=True, quiet=True)
-    except OSError as error:
-        where = f" on port {port}" if port else ""
-        raise PosterlabError(
-            f"cannot start the demo{where} ({error}); free the port or pick another"
-        ) from None
-    state.warm()
-    log.info("demo: serving %s at %s", checkpoints, url)
+    demo = serve(DemoState(checkpoints=Path(checkpoints)), host=host, port=port, quiet=True)
+    log.info("demo: serving %s at %s", checkpoints, demo.local_url)
     return demo, int(demo.server_port)

@@ -13,6 +13,7 @@
       metrics.json       validation and test metrics beside their baselines, per-label tables
       predictions.csv    validation and test scores per poster (for charts and galleries)
       split.json         which movie went to which split
+      search.json        the hyper-parameter search's trials (runs with --search N); search.db its Optuna study
       events.jsonl       every progress event, one JSON object a line, appended as the run goes (rank 0)
       resume.safetensors weights, optimizer state and progress while a run can still be resumed (one
                          file, so a crash never leaves half a checkpoint)

@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from posterlab.demo import DemoState, launch_options, layout  # noqa: E402
+from posterlab.demo import DemoState, layout, serve  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,6 +24,4 @@ demo = layout(state)
 
 if __name__ == "__main__":
     port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
-    demo.launch(**launch_options(host="0.0.0.0", port=port), prevent_thread_lock=True)
-    state.warm()  # the model loads in the background once the page is served
-    demo.block_thread()
+    serve(state, host="0.0.0.0", port=port, demo=demo).block_thread()  # the model loads once the page is up
