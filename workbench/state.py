@@ -207,9 +207,10 @@ class KeptPoster:
 
 
 def _keep_poster(name: str, data: bytes) -> KeptPoster:
-    """Store an uploaded poster under the cache as ``posters/<content digest>/<its name>``."""
+    """Store an uploaded poster under the cache as ``posters/<digest>/<its name>``, the digest of its name
+    and content: the same picture uploaded under two names is two posters, each shown by its own name."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._")[:80] or "poster"
-    folder = settings.cache_dir() / "posters" / hashlib.sha1(data).hexdigest()[:16]
+    folder = settings.cache_dir() / "posters" / hashlib.sha1(safe.encode() + b"\0" + data).hexdigest()[:16]
     target = folder / safe
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)

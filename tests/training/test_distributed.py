@@ -242,6 +242,8 @@ def test_a_killed_worker_costs_at_most_its_phase(cluster, phase, mode):
     config = _config(f"killed-{phase}", epochs=3, mode=mode, limit=120)
     run_dir = cluster["checkpoints"] / config.name
     cluster["env"]["POSTERLAB_FAULT"] = f"{phase}@1"
+    # a cache of its own: the session's may already hold these embeddings, and then nothing is extracted
+    cluster["env"]["POSTERLAB_CACHE_DIR"] = str(cluster["tmp"] / "cache")
     process = _launch(
         cluster,
         ["--config", str(_config_file(cluster, config)), "--out", str(run_dir), "-q"],
