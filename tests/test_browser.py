@@ -497,7 +497,9 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
             expect(ended).to_be_visible(timeout=120_000)
             last = int(re.search(r"stopped after epoch (\d+)/400", ended.inner_text()).group(1))
             figures |= {"epoch_shown_at_stop": shown, "epochs_done_at_click": done, "epochs_finished": last}
-            assert last <= shown + 1, f"Stop clicked at epoch {shown} (shown), the run went on to {last}"
+            # the run ends in the epoch under way when the click lands (what Stop promises); the epoch the
+            # panel showed at that moment can be a second or two old on a loaded machine (recorded above)
+            assert last <= done + 1, f"Stop landed after epoch {done}, the run went on to {last}"
             settle(page)
 
             # 5. Explore: a run, the "Your posters" tab and a poster of yours survive a refresh
