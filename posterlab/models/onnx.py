@@ -11,6 +11,9 @@ frozen backbone takes whichever of the installed engines is faster on its first 
 takes OpenVINO when it is installed (measured by ``benchmarks/latency.py``). Every engine opened on a
 module is first checked against torch on a batch it was not traced on; one that differs is dropped.
 Outputs are float32 either way (OpenVINO is asked for f32: its bf16 hint was measured 0.36 off).
+
+OpenVINO is imported without its usage telemetry (``_import_openvino``): posterlab sends nothing anywhere
+and writes nothing outside its cache.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -219,6 +223,23 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(None, {"image": part})[0]
 
 
+def _import_openvino():
+    """``openvino`` without its telemetry. Importing openvino imports its model converter, which sends an
+    "import" event to Google Analytics and writes ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` unless
+    the user has opted out (openvino_telemetry takes a missing consent file for consent). With
+    ``openvino_telemetry`` unimportable for that one import, the converter binds its own no-op stub; the
+    package is importable again afterwards for whoever else wants it."""
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+        try:
+            import openvino
+        finally:
+            del sys.modules["openvino_telemetry"]
+    import openvino
+
+    return openvino
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO on the CPU in f32. With ``streams`` > 1, ``map`` keeps that many infer requests in flight,
     each on one thread of its own: one per core keeps every core on the model while the main thread hands
@@ -228,7 +249,7 @@ class OpenVinoEngine(Engine):
     name = OPENVINO
 
     def __init__(self, path: Path, threads: int, chunk: int = 4, streams: int = 1) -> None:
-        import openvino as ov
+        ov = _import_openvino()
 
         self.streams = max(1, streams)
         threads = self.streams if self.streams > 1 else threads

@@ -123,3 +123,23 @@ def test_no_engine_that_matches_means_torch(backbone, example, monkeypatch):
     for kind in onnx.KINDS.values():
         monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
     assert frozen_engine(backbone, example) is None
+
+
+@pytest.mark.skipif(OPENVINO not in onnx.installed(), reason="OpenVINO is not installed")
+def test_openvino_is_imported_without_its_telemetry(tmp_path):
+    """Importing openvino plainly writes a client id and usage counts under ~/intel (and sends an event);
+    posterlab's import writes nothing into the home folder and leaves openvino_telemetry importable."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from posterlab.models.onnx import _import_openvino\n"
+        "ov = _import_openvino()\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "assert t.tm.__name__.endswith('telemetry_stub'), t.tm\n"
+        "import openvino_telemetry\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "CI": "", "TF_BUILD": "", "JENKINS_URL": ""}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert list(tmp_path.iterdir()) == []
