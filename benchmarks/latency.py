@@ -56,13 +56,16 @@ def measure(fn, posters: list[Path], warmup: int = 5) -> dict:
 
 
 def interleaved(functions: dict, posters: list[Path], warmup: int = 5) -> dict:
-    """``measure`` for several functions, taking turns on each poster (the same load for each)."""
+    """``measure`` for several functions, taking turns on each poster (the same load for each). The order
+    rotates from poster to poster: whichever runs right after torch meets its thread pool still spinning."""
     for poster in posters[:warmup]:
         for fn in functions.values():
             fn(poster)
     samples: dict[str, list[float]] = {name: [] for name in functions}
-    for poster in posters:
-        for name, fn in functions.items():
+    names = list(functions)
+    for turn, poster in enumerate(posters):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            fn = functions[name]
             started = time.perf_counter()
             fn(poster)
             samples[name].append(time.perf_counter() - started)
