@@ -96,3 +96,5 @@ with cards["Device"].container():  # last: importing torch takes seconds
         st.metric("CPU", f"{os.cpu_count()} cores")
         st.caption("No CUDA GPU visible: probe runs (frozen backbone, cached embeddings) train in seconds.")
     st.caption(f"torch {torch.__version__}")
+
+state.prepare_demo()  # after the cards: the Demo page's first visit then finds gradio imported

@@ -485,6 +485,22 @@ def test_delete_a_run_on_compare(app, checkpoints) -> None:
     assert set(table_with(app, "run", "status")["run"]) == {"fresh-rotten"}
 
 
+def test_home_imports_the_demo_in_the_background(app) -> None:
+    """Once Home is drawn, the demo's code (gradio) is imported in a background thread, once per server,
+    so that the Demo page's first visit does not wait for it."""
+    from posterlab import background
+    from workbench import state
+
+    state._demo_imported.clear()
+    before = {id(thread) for thread, _ in background._threads}
+    app.run()
+    started = [t for t, _ in background._threads if t.name == "posterlab-demo-import" and id(t) not in before]
+    assert len(started) == 1
+    started[0].join(60)
+    app.run()  # once per server: a second visit starts nothing
+    assert [t for t, _ in background._threads if t.name == "posterlab-demo-import" and id(t) not in before] == started
+
+
 def test_demo_page_embeds_the_demo_or_says_why_not(app, fake_demo, monkeypatch) -> None:
     """The demo is embedded when it starts; a start failure or a missing module is one clear line."""
     page(app, "demo")

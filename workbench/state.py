@@ -344,6 +344,27 @@ def projection(path: str, backbone: str, fit: str, method: str) -> np.ndarray:
     return _projection(path, _stamp(path), backbone, fit, method)
 
 
+def _import_demo() -> None:
+    try:
+        import posterlab.demo  # noqa: F401  # gradio: about 10 s on a cold 2-core machine
+    except ImportError:  # the optional demo is missing; the Demo page says so
+        pass
+
+
+@st.cache_resource(show_spinner=False)
+def _demo_imported() -> threading.Thread:
+    from posterlab import background
+
+    return background.start(_import_demo, name="posterlab-demo-import")
+
+
+def prepare_demo() -> None:
+    """Import the demo's code in the background, once per server (called once the Home page is drawn), so
+    that the Demo page's first visit does not wait for gradio's import: a page that imports it meanwhile
+    waits for this import to finish (Python's import lock) instead of starting over."""
+    _demo_imported()
+
+
 @st.cache_resource(show_spinner=False)
 def _demo_server(checkpoints: str, host: str | None) -> tuple[object, int]:
     """The embedded Gradio demo over ``checkpoints``, started once per server process: (its app, port)."""
