@@ -418,10 +418,15 @@ def context_tags(frame: pd.DataFrame, rule: LabelRule, y: np.ndarray) -> np.ndar
 
 
 def embeddings(
-    prepared: Prepared, backbone: str, fits: tuple[str, ...] = ("crop",), control: Control | None = None
+    prepared: Prepared,
+    backbone: str,
+    fits: tuple[str, ...] = ("crop",),
+    control: Control | None = None,
+    flips: bool = False,
 ) -> dict[str, np.ndarray]:
     """Pretrained ``backbone`` embeddings of every labelled poster, view name → (n, d): the ``fits`` asked
-    for (computed and cached when missing), plus every other fit or flip the cache already holds."""
+    for (and their mirror images when ``flips``; computed and cached when missing), plus every other fit
+    or flip the cache already holds."""
     import torch
 
     from posterlab.config import FITS
@@ -456,7 +461,7 @@ def embeddings(
     preprocess = remembered_backbone(backbone, start).preprocess(fits[0], job.module)
     every = views_for(preprocess, tuple(dict.fromkeys((*fits, *FITS))), flips=True)
     store = FeatureStore()
-    wanted = [view for view in every if view.preprocess.fit in fits and not view.flip]
+    wanted = [view for view in every if view.preprocess.fit in fits and (flips or not view.flip)]
     cached = [
         view
         for view in every
