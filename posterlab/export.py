@@ -24,7 +24,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +34,7 @@ import pandas as pd
 import torch
 
 from posterlab import settings
-from posterlab.errors import ModelError, PosterlabError, RunError, one_line
+from posterlab.errors import ModelError, PosterlabError, RunError
 from posterlab.inference import Predictor, load_model_folder
 from posterlab.models.onnx import NAMES, candidates, export_graph, open_engine
 from posterlab.runs import PICKLE_SUFFIXES, read_json
@@ -313,27 +312,7 @@ def push_space(folder: str | Path, repo_id: str) -> str:
         raise PosterlabError(
             f"{folder}: not a Space bundle; create one with posterlab export RUN --format space --out DIR"
         )
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise PosterlabError(f"{repo_id!r}: not a Space id; use USER/SPACE, e.g. alice/poster-genres")
-    from huggingface_hub import HfApi, get_token
+    from posterlab.hub import upload
 
-    token = get_token()
-    if not token:
-        raise PosterlabError(
-            "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again "
-            f"(the bundle is ready in {folder})"
-        )
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            repo_type="space",
-            folder_path=str(folder),
-            commit_message="posterlab export",
-        )
-    except Exception as error:  # huggingface_hub raises HTTP, offline and auth errors of many types
-        raise PosterlabError(
-            f"could not push to the Space {repo_id} ({one_line(error)}); check the token's write access and the network"
-        ) from None
+    upload(folder, repo_id, "space", create={"space_sdk": "gradio"})
     return f"https://huggingface.co/spaces/{repo_id}"

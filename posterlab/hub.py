@@ -401,33 +401,57 @@ def push_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
             f"{folder}: not a timm model folder (no {', '.join(missing)}); create one with "
             "posterlab export RUN --format hub --out DIR"
         )
+    import timm
+
+    upload(
+        folder,
+        repo_id,
+        "model",
+        create={"private": private},
+        files=list(HUB_FILES),
+        library=("timm", timm.__version__),
+    )
+    return f"https://huggingface.co/{repo_id}"
+
+
+def upload(
+    folder: Path,
+    repo_id: str,
+    repo_type: str,
+    create: dict | None = None,
+    files: list[str] | None = None,
+    library: tuple[str, str] | None = None,
+) -> None:
+    """``folder`` uploaded to the Hub repo ``repo_id`` of ``repo_type`` (``model`` or ``space``), created
+    when missing (with ``create``'s options); only ``files`` when given. One line naming the fix when the
+    id is malformed, no token is available or the Hub refuses."""
+    kind = {"model": ("model", "USER/MODEL"), "space": ("Space", "USER/SPACE")}[repo_type]
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise PosterlabError(f"{repo_id!r}: not a model id; use USER/MODEL, e.g. alice/poster-genres")
+        raise PosterlabError(f"{repo_id!r}: not a {kind[0]} id; use {kind[1]}, e.g. alice/poster-genres")
     from huggingface_hub import HfApi, get_token
 
     token = get_token()
     if not token:
         raise PosterlabError(
             "no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again "
-            f"(the model folder is ready in {folder})"
+            f"(the folder is ready in {folder})"
         )
-    import timm
-
-    api = HfApi(token=token, library_name="timm", library_version=timm.__version__)
+    name, version = library or (None, None)
+    api = HfApi(token=token, library_name=name, library_version=version)
+    target = f"the Space {repo_id}" if repo_type == "space" else repo_id
     try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, **(create or {}))
         api.upload_folder(
             repo_id=repo_id,
-            repo_type="model",
+            repo_type=repo_type,
             folder_path=str(folder),
-            allow_patterns=list(HUB_FILES),
+            allow_patterns=files,
             commit_message="posterlab export",
         )
     except Exception as error:  # huggingface_hub raises HTTP, offline and auth errors of many types
         raise PosterlabError(
-            f"could not push to {repo_id} ({one_line(error)}); check the token's write access and the network"
+            f"could not push to {target} ({one_line(error)}); check the token's write access and the network"
         ) from None
-    return f"https://huggingface.co/{repo_id}"
 
 
 # ------------------------------------------------------------------------------------- reading back
