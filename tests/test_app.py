@@ -498,7 +498,9 @@ def test_home_imports_the_demo_in_the_background(app) -> None:
     assert len(started) == 1
     started[0].join(60)
     app.run()  # once per server: a second visit starts nothing
-    assert [t for t, _ in background._threads if t.name == "posterlab-demo-import" and id(t) not in before] == started
+    assert [
+        t for t, _ in background._threads if t.name == "posterlab-demo-import" and id(t) not in before
+    ] == started
 
 
 def test_demo_page_embeds_the_demo_or_says_why_not(app, fake_demo, monkeypatch) -> None:

@@ -7,6 +7,7 @@ are cached by their path and modification time, and each user's choices live in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -345,10 +346,8 @@ def projection(path: str, backbone: str, fit: str, method: str) -> np.ndarray:
 
 
 def _import_demo() -> None:
-    try:
+    with contextlib.suppress(ImportError):  # the optional demo is missing: the Demo page says so
         import posterlab.demo  # noqa: F401  # gradio: about 10 s on a cold 2-core machine
-    except ImportError:  # the optional demo is missing; the Demo page says so
-        pass
 
 
 @st.cache_resource(show_spinner=False)
