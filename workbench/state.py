@@ -88,23 +88,20 @@ class Trainers:
         """Train ``config`` into ``folder`` in the background (``processes`` > 1: a torchrun job);
         ``BusyError`` while any run trains."""
         with self._lock:
-            manager = self._get(folder)
-            for other in self._managers.values():
-                snapshot = other.snapshot()
-                if other is not manager and snapshot.running:
-                    raise BusyError(
-                        f"a run is already training ({snapshot.name}); stop it or wait for it to finish"
-                    )
-            manager.start(config, processes)
+            self._refuse_while_training()
+            self._get(folder).start(config, processes)
 
     def resume(self, folder: Path, run_dir: Path, processes: int = 1) -> None:
         """Continue a stopped or interrupted run; ``BusyError`` while any run trains."""
         with self._lock:
-            manager = self._get(folder)
-            busy = next((m.snapshot() for m in self._managers.values() if m.snapshot().running), None)
-            if busy is not None:
-                raise BusyError(f"a run is already training ({busy.name}); stop it or wait for it to finish")
-            manager.resume(run_dir, processes)
+            self._refuse_while_training()
+            self._get(folder).resume(run_dir, processes)
+
+    def _refuse_while_training(self) -> None:
+        """``BusyError`` naming the run that trains now, in any folder (callers hold the lock)."""
+        busy = next((m.snapshot() for m in self._managers.values() if m.snapshot().running), None)
+        if busy is not None:
+            raise BusyError(f"a run is already training ({busy.name}); stop it or wait for it to finish")
 
 
 @st.cache_resource(show_spinner=False)
