@@ -342,15 +342,27 @@ class Stop(Callback):
     def __init__(self, control: Control) -> None:
         self.control = control
         self.vote: StopVote | None = None
+        self.noticed: tuple[int, int] | None = None  # (epoch, batch) where this process saw the request
 
     def before_fit(self, fit: Fit) -> None:
         self.vote = StopVote(fit.learner.dist)
 
     def before_batch(self, fit: Fit) -> None:
-        if self.vote.ask(self.control.should_stop()):
-            where = "validation" if fit.step == fit.steps else f"batch {fit.step} of {fit.steps}"
-            self.control.emit(Message(f"stop honoured in epoch {fit.epoch + 1}, {where}"))
+        asked = self.control.should_stop()
+        if asked and self.noticed is None:
+            self.noticed = (fit.epoch, fit.step)
+        if self.vote.ask(asked):
+            self.control.emit(Message(f"stop honoured in epoch {fit.epoch + 1}, {self._where(fit)}"))
             raise StopRequested()
+
+    def _where(self, fit: Fit) -> str:
+        """Where the stop landed, and where this process noticed it (the batch before, with several)."""
+        where = "validation" if fit.step == fit.steps else f"batch {fit.step} of {fit.steps}"
+        if self.noticed is None:  # another process noticed it first
+            return where
+        epoch, step = self.noticed
+        seen = f"batch {step}" if epoch == fit.epoch else f"epoch {epoch + 1}, batch {step}"
+        return f"{where} (noticed here at {seen})"
 
     def after_fit(self, fit: Fit) -> None:
         self.vote.settle()  # no collective left in flight

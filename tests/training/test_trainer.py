@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
 from posterlab.errors import DataError, RunError
-from posterlab.events import EpochEnd, Finished, Progress, Started
+from posterlab.events import EpochEnd, Finished, Message, Progress, Started
 from posterlab.runs import list_runs, load_run
 from posterlab.training.trainer import resume_run, train_run
 from tests.conftest import LITE0, MULTILABEL_METRICS, SINGLE_METRICS
@@ -116,6 +117,11 @@ def test_stop_keeps_best_weights_and_resume_finishes(runs_root):
     run = load_run(path)
     assert run.state == "stopped"
     assert len(run.history) == 2
+    honoured = [m.text for m in recorder.of(Message) if m.text.startswith("stop honoured")]
+    landed = re.fullmatch(
+        r"stop honoured in epoch 3, batch (\d+) of \d+ \(noticed here at batch (\d+)\)", honoured[0]
+    )
+    assert landed and landed[1] == landed[2], honoured  # one process: at the very batch it was noticed
     assert run.metrics["test"]["metrics"]  # a stopped run is still evaluated
     assert (path / "resume.safetensors").exists()
     again = Recorder()
