@@ -306,6 +306,38 @@ def _score_chunk(predictor, loaded: Iterator[tuple], size: int, batch_size: int)
     return probs, errors
 
 
+def _check_output(out: Path) -> None:
+    """``ConfigError`` for an output the scorer cannot write (its format, or parquet without pyarrow)."""
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"{out}: --out must end in .csv or .parquet")
+    if out.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("pyarrow is not installed; pip install pyarrow, or write a .csv") from None
+
+
+def _metadata(run: Path, predictor) -> dict[str, str]:
+    """What the output file records about the model that scored it."""
+    thresholds = predictor.thresholds if predictor.thresholds is not None else []
+    return {
+        "posterlab.run": str(run),
+        "posterlab.labels": "|".join(predictor.labels),
+        "posterlab.task": predictor.rule.task,
+        "posterlab.thresholds": ",".join(f"{t:.6f}" for t in thresholds),
+        "posterlab.fits": ",".join(predictor.fits),
+    }
+
+
+def _already_scored(fmt: _Format, out: Path, parts_dir: Path) -> set[str]:
+    """The images a previous job scored: those in ``out`` and in the parts a killed job left."""
+    done: set[str] = set(fmt.images(out)) if out.exists() else set()
+    parts = sorted(parts_dir.glob(f"*{out.suffix.lower()}")) if parts_dir.is_dir() else []
+    for part in parts:
+        done.update(fmt.images(part))
+    return done
+
+
 def score(
     run: str | Path,
     paths: list[str],
@@ -326,35 +358,17 @@ def score(
 
     dist = dist or SINGLE
     run, out = Path(run), Path(out)
-    if out.suffix.lower() not in FORMATS:
-        raise ConfigError(f"{out}: --out must end in .csv or .parquet")
-    if out.suffix.lower() == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ConfigError("pyarrow is not installed; pip install pyarrow, or write a .csv") from None
+    _check_output(out)
     if not run.is_dir():
         raise RunError.missing(run)
     started = time.perf_counter()
     predictor = make_predictor(run, device, dist)
     columns = Columns(predictor.labels)
-    metadata = {
-        "posterlab.run": str(run),
-        "posterlab.labels": "|".join(predictor.labels),
-        "posterlab.task": predictor.rule.task,
-        "posterlab.thresholds": ",".join(
-            f"{t:.6f}" for t in (predictor.thresholds if predictor.thresholds is not None else [])
-        ),
-        "posterlab.fits": ",".join(predictor.fits),
-    }
-    fmt = _Format(out.suffix.lower(), columns, metadata)
+    fmt = _Format(out.suffix.lower(), columns, _metadata(run, predictor))
     parts_dir = out.with_name(out.name + PARTS_SUFFIX)
 
     everything = poster_paths(paths)
-    done: set[str] = set(fmt.images(out)) if out.exists() else set()
-    old_parts = sorted(parts_dir.glob(f"*{out.suffix.lower()}")) if parts_dir.is_dir() else []
-    for part in old_parts:
-        done.update(fmt.images(part))
+    done = _already_scored(fmt, out, parts_dir)
     pending = [p for p in everything if p not in done]
     # every rank has read the same files before any of them writes a part
     dist.barrier()
