@@ -261,21 +261,28 @@ def model_card(config: dict, name: str, parity: float) -> str:
     rule = info["rule"]
     labels = list(rule["labels"])
     fits = list(info.get("fits") or [info["preprocess"]["fit"]])
-    metrics = section.get("metrics") or {}
-    data = section.get("data") or {}
-    run = section.get("run") or {}
-    test = metrics.get("test") or {}
     multilabel = rule["task"] == "multilabel"
-    activation = "sigmoid" if multilabel else "softmax"
-    squash = "{}.sigmoid()" if multilabel else "{}.softmax(1)"
-    thresholds = info.get("thresholds") or []
-
+    metrics = section.get("metrics") or {}
     out = [
         _front_matter(config),
         f"# {name}: movie posters → {'genres' if multilabel else ' / '.join(labels)}",
         "",
+        *_card_usage(config, name, parity, labels, fits, multilabel),
+        *_card_labels(labels, info.get("thresholds") or [], multilabel),
+        *_card_results(metrics, multilabel),
+        *_card_training(section.get("data") or {}, section.get("run") or {}, rule, fits),
+        *_card_limitations((metrics.get("test") or {}).get("n")),
     ]
-    out += [
+    return "\n".join(out)
+
+
+def _card_usage(
+    config: dict, name: str, parity: float, labels: list, fits: list, multilabel: bool
+) -> list[str]:
+    """What the model is, and how to load it with timm (and posterlab's views when it averages several)."""
+    activation = "sigmoid" if multilabel else "softmax"
+    squash = "{}.sigmoid()" if multilabel else "{}.softmax(1)"
+    out = [
         f"A {config['architecture']} ({config['num_features']} pooled features) with a linear head over "
         f"{len(labels)} labels ({', '.join(labels)}), trained by "
         "posterlab from ImageNet weights on movie posters "
@@ -300,8 +307,6 @@ def model_card(config: dict, name: str, parity: float) -> str:
         f"probs = {squash.format('logits')}[0]",
         "```",
         "",
-    ]
-    out += [
         f"One forward pass scores one view of the poster: timm's transform above is posterlab's `{fits[0]}` "
         f"fit ({'resize, then centre-crop' if fits[0] == 'crop' else 'the whole poster'}).",
     ]
@@ -321,15 +326,17 @@ def model_card(config: dict, name: str, parity: float) -> str:
             f"    probs = {squash.format('model(batch)')}.mean(0)",
             "```",
         ]
-    out += [
+    return out + [
         "",
         "Or with posterlab, which applies the views, thresholds and label rule for you: "
         "`posterlab predict local-dir:PATH poster.jpg` (or `hf-hub:USER/MODEL`); `evaluate`, `explain` "
         "(Grad-CAM) and `demo` take the same names.",
         "",
-        "## Labels and thresholds",
-        "",
     ]
+
+
+def _card_labels(labels: list, thresholds: list, multilabel: bool) -> list[str]:
+    out = ["## Labels and thresholds", ""]
     if multilabel and thresholds:
         out += ["| label | threshold (on the averaged probability) |", "|---|---:|"]
         out += [f"| {label} | {t:.3f} |" for label, t in zip(labels, thresholds, strict=True)]
@@ -340,7 +347,11 @@ def model_card(config: dict, name: str, parity: float) -> str:
         ]
     else:
         out += [f"The predicted class is the most probable one of: {', '.join(labels)}."]
-    out += ["", "## Results", ""]
+    return out
+
+
+def _card_results(metrics: dict, multilabel: bool) -> list[str]:
+    out = ["", "## Results", ""]
     for split, title in (
         ("test", "Held-out test posters"),
         ("val", "Validation posters (thresholds tuned here)"),
@@ -353,7 +364,11 @@ def model_card(config: dict, name: str, parity: float) -> str:
         if multilabel
         else "always the training split's majority class"
     )
-    out += [f"The baseline is {baseline}.", "", "## Training data", ""]
+    return out + [f"The baseline is {baseline}.", ""]
+
+
+def _card_training(data: dict, run: dict, rule: dict, fits: list) -> list[str]:
+    out = ["## Training data", ""]
     if data:
         sizes = data.get("sizes") or {}
         out += [
@@ -369,8 +384,11 @@ def model_card(config: dict, name: str, parity: float) -> str:
             f"- recipe: mode `{train.get('mode')}`, {train.get('epochs')} epochs, lr {train.get('lr')}, "
             f"dropout {train.get('dropout')}, seed {train.get('seed')}, fits {', '.join(fits)}"
         ]
-    n_test = test.get("n")
-    out += [
+    return out
+
+
+def _card_limitations(n_test: int | None) -> list[str]:
+    return [
         "",
         "## Limitations",
         "",
@@ -384,7 +402,6 @@ def model_card(config: dict, name: str, parity: float) -> str:
         "unstated metrics; their figures are context, not a controlled comparison.",
         "",
     ]
-    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------ push
