@@ -9,7 +9,8 @@ small CNN on the embedded sample, 3 epochs; ``probe`` for the extraction phase, 
          torchrun     2 processes under ``torchrun --max-restarts 1``, rank 1 killed (rank 0 for the
                       checkpoint phase, the only writer): the group restarts and completes by itself
          page-torchrun the Train page's torchrun job (``TrainingManager``, 2 processes, no restarts): the
-                      job fails, the run reads as interrupted, Resume completes it
+                      job fails, the run reads failed (the surviving rank's collective failed with
+                      the killed one's connection), Resume completes it
   stop   a graceful stop at the phase:
          cli          SIGTERM at the phase (``POSTERLAB_FAULT=PHASE:term``)
          torchrun     SIGTERM to rank 0 at the phase (a scheduler's preemption)
