@@ -75,31 +75,20 @@ def poster_space(
     from posterlab.events import Progress
     from posterlab.models.registry import get_backbone
     from posterlab.training.features import (
-        Extraction,
         Runtime,
         compute_features,
         feature_key,
-        remember_backbone,
+        pretrained_extraction,
         remembered_backbone,
         views_for,
     )
 
     control = control or Control()
-    pretrained = get_backbone(backbone).pretrained
+    get_backbone(backbone)  # an unknown name fails here, listing the known ones
     dataset = load_dataset(data.path)
     progress = lambda done, total: control.emit(Progress("scanning", done, total))  # noqa: E731
     frame = clean_dataset(dataset, near_duplicate_bits=-1, progress=progress)[0].frame.reset_index(drop=True)
-    start = weights_id(backbone, pretrained, 0)
-
-    def build():
-        from posterlab.data.transforms import Preprocess
-        from posterlab.models.factory import create_backbone
-
-        module = create_backbone(backbone, pretrained)
-        remember_backbone(backbone, start, module, Preprocess.for_model(module))
-        return module
-
-    job = Extraction(build, [], [], about="embeddings for the map", identity=f"{backbone}|{start}|")
+    job, start = pretrained_extraction(backbone, "embeddings for the map")
     preprocess = remembered_backbone(backbone, start).preprocess(fit, job.module)
     job.views = views_for(preprocess, (fit,), flips=False)
     job.keys = [feature_key(backbone, start, "", job.views[0], "fp32")]

@@ -430,34 +430,20 @@ def embeddings(
     import torch
 
     from posterlab.config import FITS
-    from posterlab.models.registry import get_backbone
-    from posterlab.models.weights import weights_id
     from posterlab.training.features import (
-        Extraction,
         FeatureStore,
         Runtime,
         compute_features,
         feature_key,
-        remember_backbone,
+        pretrained_extraction,
         remembered_backbone,
         views_for,
     )
 
     control = control or Control()
-    pretrained = get_backbone(backbone).pretrained
-    start = weights_id(backbone, pretrained, 0)  # the weights a probe with seed 0 starts from
-
-    def build():
-        from posterlab.data.transforms import Preprocess
-        from posterlab.models.factory import create_backbone
-
-        module = create_backbone(backbone, pretrained)
-        remember_backbone(backbone, start, module, Preprocess.for_model(module))
-        return module
-
     frame = prepared.labelled.frame
     digests = frame["digest"].tolist()
-    job = Extraction(build, [], [], about="embeddings", identity=f"{backbone}|{start}|")
+    job, start = pretrained_extraction(backbone, "embeddings")
     preprocess = remembered_backbone(backbone, start).preprocess(fits[0], job.module)
     every = views_for(preprocess, tuple(dict.fromkeys((*fits, *FITS))), flips=True)
     store = FeatureStore()

@@ -286,6 +286,25 @@ def remember_backbone(name: str, start: str, backbone: nn.Module, preprocess: Pr
     )
 
 
+def pretrained_extraction(backbone: str, about: str) -> tuple[Extraction, str]:
+    """An extraction through the whole of ``backbone`` with the weights a probe of seed 0 starts from
+    (built on first use, and remembered beside the embeddings), and those weights' id. Its views and keys
+    are the caller's to set."""
+    from posterlab.models.factory import create_backbone
+    from posterlab.models.registry import get_backbone
+    from posterlab.models.weights import weights_id
+
+    pretrained = get_backbone(backbone).pretrained
+    start = weights_id(backbone, pretrained, 0)
+
+    def build() -> nn.Module:
+        module = create_backbone(backbone, pretrained)
+        remember_backbone(backbone, start, module, Preprocess.for_model(module))
+        return module
+
+    return Extraction(build, [], [], about=about, identity=f"{backbone}|{start}|"), start
+
+
 @dataclass
 class Runtime:
     """Where and how: device, processes, loader workers (-1: from the machine), batch (None: measured
