@@ -417,8 +417,8 @@ _TEXT_LAYOUT = """root => {
 
 def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> None:
     """Issue 18, in one pass at 1400x900: Dataset and Train settings survive a refresh; a number out of
-    range is refused under its field; after Start the live panel is in view; a probe stops within one
-    epoch of Stop; Explore keeps its run, tab and your posters across a refresh; the embedded demo's
+    range is refused under its field; after Start the live panel is in view and its curves are drawn
+    while the run trains; a probe stops within one epoch of Stop; Explore keeps its run, tab and your posters across a refresh; the embedded demo's
     table and overlays are readable (rendered widths, lines per cell) and it listens where the workbench
     does (127.0.0.1, not 127.0.0.2)."""
     from playwright.sync_api import expect, sync_playwright
@@ -485,6 +485,12 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
                 "() => [...document.querySelectorAll('[data-testid=stProgress] p, p')].some("
                 "p => /^epoch ([3-9]|\\d\\d+)\\/400/.test(p.innerText))",
                 timeout=120_000,
+            )
+            # the curves are drawn while the run trains (redrawn as epochs end), not only at its end
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.st-key-train_live .js-plotly-plot')].some("
+                "p => p.data && p.data[0] && p.data[0].x && p.data[0].x.length >= 2)",
+                timeout=60_000,
             )
             shown = int(re.match(r"epoch (\d+)/400", progress.first.inner_text()).group(1))
             events = folder / "keep-probe" / "events.jsonl"
