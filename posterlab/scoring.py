@@ -306,6 +306,35 @@ def _score_chunk(predictor, loaded: Iterator[tuple], size: int, batch_size: int)
     return probs, errors
 
 
+def _score_parts(
+    predictor, fmt: _Format, chunks: list[list[str]], prefix: Path, batch_size: int, progress: bool
+) -> tuple[int, int]:
+    """Score ``chunks`` in order, each into its part file ``<prefix>-<index><suffix>``; (scored, failed)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(len(items) for items in chunks)
+        bar = tqdm(total=total, desc="scoring", unit="poster", file=sys.stderr, dynamic_ncols=True)
+    scored = failed = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+        # decoding (PIL releases the GIL) overlaps the model; a batch ahead is enough to keep it busy
+        loaded = _decoded(pool, predictor, [item for items in chunks for item in items], 2 * batch_size)
+        for index, items in enumerate(chunks):
+            probs, errors = _score_chunk(predictor, loaded, len(items), batch_size)
+            fmt.write_part(
+                prefix.with_name(f"{prefix.name}-{index:06d}{fmt.suffix}"),
+                _rows(fmt.columns, items, probs, errors, predictor.decide),
+            )
+            scored += len(items)
+            failed += sum(error is not None for error in errors)
+            if bar is not None:
+                bar.update(len(items))
+    if bar is not None:
+        bar.close()
+    return scored, failed
+
+
 def _check_output(out: Path) -> None:
     """``ConfigError`` for an output the scorer cannot write (its format, or parquet without pyarrow)."""
     if out.suffix.lower() not in FORMATS:
@@ -387,30 +416,12 @@ def score(
         len(pending),
         len(mine),
     )
-    bar = None
-    if progress and dist.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), desc="scoring", unit="poster", file=sys.stderr, dynamic_ncols=True)
-    scored = failed = 0
     begun = time.perf_counter()  # the rate counts scoring, not the one-time model load or ONNX export
     chunks = [mine[i : i + chunk] for i in range(0, len(mine), chunk)]
     if stop_after is not None:
         chunks = chunks[:stop_after]
-    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
-        # decoding (PIL releases the GIL) overlaps the model; a batch ahead is enough to keep it busy
-        loaded = _decoded(pool, predictor, [item for items in chunks for item in items], 2 * batch_size)
-        for index, items in enumerate(chunks):
-            probs, errors = _score_chunk(predictor, loaded, len(items), batch_size)
-            rows = _rows(columns, items, probs, errors, predictor.decide)
-            name = f"{session}-r{dist.rank:03d}-{index:06d}{out.suffix.lower()}"
-            fmt.write_part(parts_dir / name, rows)
-            scored += len(items)
-            failed += sum(error is not None for error in errors)
-            if bar is not None:
-                bar.update(len(items))
-    if bar is not None:
-        bar.close()
+    prefix = parts_dir / f"{session}-r{dist.rank:03d}"
+    scored, failed = _score_parts(predictor, fmt, chunks, prefix, batch_size, progress and dist.main)
     scoring = time.perf_counter() - begun
     seconds = time.perf_counter() - started
     log.info("process %d of %d scored %d posters in %.1f s", dist.rank, dist.world, scored, scoring)
