@@ -4,7 +4,6 @@ Stop and Resume, and every run in the checkpoints folder."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -64,18 +63,14 @@ STARTED_KEY = "train_started"  # runs started in this session
 START_KEY = "train_start_requested"
 SHOW_LIVE_KEY = "train_show_live"  # set by Start and Resume: bring the live panel into view once
 LIVE_PANEL = "train_live"  # the live panel's container key (its CSS class is st-key-train_live)
-# While a run trains, the live panel redraws its progress line and Stop on a timer: every POLL_SECONDS
-# (a probe's epoch takes a fraction of a second on the sample, so a line 2 s old named an epoch long gone
-# and Stop seemed to land epochs late: issue 18), and every END_POLL_SECONDS once its end is near (the
-# last epoch's expected end, from the epoch before it, or the test after it), so that the end shows at
-# once. Its curves are the page's, redrawn (a page run) when an epoch has ended, at most every
-# CURVES_SECONDS before the end is near: plotly redraws and long script runs (which the browser animates)
-# are what cost the training its CPU (issue 21).
-POLL_SECONDS = 0.5
-END_POLL_SECONDS = 0.25
-CURVES_SECONDS = 5.0
-LIVE_KEY = "train_live_drawn"  # (run, epochs, when, fast polling) of the live curves the page drew
-LIVE_FULL_RUN_KEY = "train_live_full_run"  # set by a page run, which draws the curves itself
+# While a run trains, the live panel redraws its progress line and Stop every POLL_SECONDS (a line 2 s
+# old named an epoch long gone on the sample, and Stop seemed to land epochs late: issue 18), and its
+# curves, a fragment of their own, every CURVES_SECONDS. Each redraw costs the browser CPU in proportion to
+# the page (it re-renders every element of this long page), a plotly redraw more, a page run most: on a
+# small machine that CPU is the training's (issue 21), so no timed redraw is a page run, and the page runs
+# once at the run's end (noticed within a poll).
+POLL_SECONDS = 1.0
+CURVES_SECONDS = 3.0
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
 REMEMBER = {"persist_state": "session", "bind": "query-params"}
 SEARCH_STOPPED = "Stopped during its search: the finished trials are kept in its study; Resume continues it."
@@ -166,19 +161,13 @@ def _loss_name(run_dir: str | None) -> str:
 
 
 def live(was_running: bool) -> None:
-    """The run this process trains (or trained last): progress, Stop; the curves below it are drawn by
-    the page (``live_curves``). Polled while it runs."""
+    """The run this process trains (or trained last): progress, Stop; its curves are drawn below it by
+    ``live_curves``. Polled while it runs."""
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
-    timed = was_running and not st.session_state.pop(LIVE_FULL_RUN_KEY, False)  # not the page's own run
     snapshot = manager.snapshot()
     if was_running and not snapshot.running:
         st.rerun()  # finished: refresh the page (form, run list, sidebar) once
-    name, epochs, drawn, fast = st.session_state.get(LIVE_KEY, ("", 0, 0.0, False))
-    ended = (name, epochs) != (snapshot.name, len(snapshot.history))  # an epoch, since the page drew
-    near = end_near(snapshot, drawn)
-    if timed and ((ended and (near or time.monotonic() - drawn >= CURVES_SECONDS)) or (near and not fast)):
-        st.rerun()  # the page redraws the curves, and polls faster when the end is near
     if snapshot.status == "idle":
         return
     with st.container(border=True):
@@ -203,30 +192,14 @@ def live(was_running: bool) -> None:
                 st.code("\n".join(snapshot.messages[-30:]), language=None)
 
 
-def end_near(snapshot, drawn: float) -> bool:
-    """Whether a run's end is near: it is testing after its last epoch, or in its last epoch for about as
-    long as the epoch before took (``drawn``: when the page drew that epoch's curves)."""
-    if not snapshot.running or not snapshot.epochs or len(snapshot.history) < snapshot.epochs - 1:
-        return False
-    if len(snapshot.history) >= snapshot.epochs or not snapshot.history:
-        return True
-    took = snapshot.history[-1].get("seconds") or 0.0
-    return time.monotonic() - drawn >= took - 2 * POLL_SECONDS
-
-
-def live_curves(snapshot) -> float:
-    """The live run's curves, drawn by the page run (a timed panel run leaves them as they are); returns
-    how often the panel polls."""
-    name, epochs, drawn, _ = st.session_state.get(LIVE_KEY, ("", 0, 0.0, False))
-    if (name, epochs) != (snapshot.name, len(snapshot.history)):
-        drawn = time.monotonic()
-    fast = end_near(snapshot, drawn)
-    st.session_state[LIVE_KEY] = (snapshot.name, len(snapshot.history), drawn, fast)
+def live_curves() -> None:
+    """The live run's curves (and its search, if it is one), redrawn on their own timer while it runs."""
+    trainers = state.trainers()
+    snapshot = (trainers.active() or trainers.manager(state.checkpoints())).snapshot()
     if snapshot.status != "idle" and snapshot.run_dir and (Path(snapshot.run_dir) / "config.json").exists():
         study_panel(Path(snapshot.run_dir), load_run(snapshot.run_dir).config, "train_live_study")
     if snapshot.status != "idle" and snapshot.history:
         history_charts(snapshot.name, snapshot.history, "train_live", _loss_name(snapshot.run_dir))
-    return END_POLL_SECONDS if fast else POLL_SECONDS
 
 
 def _outcome(snapshot) -> None:
@@ -687,11 +660,8 @@ st.title(":material/model_training: Train")
 trainers = state.trainers()
 running = trainers.active() is not None
 with st.container(key=LIVE_PANEL):
-    panel = st.container()  # the live panel above its curves; the curves decide how often it polls
-    poll = live_curves((trainers.active() or trainers.manager(folder)).snapshot())
-    st.session_state[LIVE_FULL_RUN_KEY] = True
-    with panel:
-        st.fragment(live, run_every=poll if running else None)(running)
+    st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
+    st.fragment(live_curves, run_every=CURVES_SECONDS if running else None)()
 if st.session_state.pop(SHOW_LIVE_KEY, False):
     show_live_panel()
 if running:

@@ -235,7 +235,7 @@ def test_the_first_hour_of_a_new_user(server: str, tmp_path: Path) -> None:
             _train(page, "hour-finetune", "6")
             # the live progress reaches the second epoch (the first one's curve is drawn): then Stop
             expect(page.get_by_text(re.compile(r"^epoch [2-6]/6")).first).to_be_visible(timeout=240_000)
-            # the curves are redrawn every 2 s, apart from the progress line (every 0.5 s)
+            # the curves are redrawn every 3 s, apart from the progress line (every second)
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Stop", exact=True).click()
             stopped = page.get_by_text(re.compile(r"stopped after epoch \d/6 \(stop requested\)")).first

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from posterlab import faults, settings
 from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
-from posterlab.events import Control, Progress, StopRequested
+from posterlab.events import Control, Message, Progress, StopRequested
 from posterlab.models.onnx import frozen_engine
 from posterlab.training.distributed import SINGLE, Dist
 from posterlab.training.loop import autocast
@@ -425,7 +425,11 @@ def compute_features(
     unique = list(dict.fromkeys(digests))
     first = {d: i for i, d in reversed(list(enumerate(digests)))}
     missing = sorted({i for key in job.keys for i in store.table(key, unique)[1]})
+    views = ", ".join(view.name for view in job.views)
     if missing:
+        rt.control.emit(
+            Message(f"computing {job.about} once for {len(missing)} posters ({views}; cached for later runs)")
+        )
         mine = missing[rt.dist.rank :: rt.dist.world]
         stopped = False
         try:
@@ -435,6 +439,8 @@ def compute_features(
         if rt.dist.any(stopped):
             raise StopRequested()
         rt.dist.barrier()
+    else:
+        rt.control.emit(Message(f"{job.about} of {len(unique)} posters ({views}) read from the cache"))
     tables = {}
     for view, key in zip(job.views, job.keys, strict=True):
         table, still = store.table(key, digests)

@@ -85,10 +85,6 @@ def _extract(
     job: Extraction, prepared: Prepared, device: torch.device, control: Control, dist: Dist, workers: int
 ) -> tuple[dict, float]:
     frame = prepared.labelled.frame
-    shown = ", ".join(view.name for view in job.views)
-    control.emit(
-        Message(f"computing {job.about} once for {len(frame)} posters ({shown}; cached for later runs)")
-    )
     begun = time.monotonic()
     tables = compute_features(
         job,
