@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from posterlab.data.transforms import Preprocess
+from posterlab.events import Control, Message
 from posterlab.models import onnx
 from posterlab.models.factory import create_model
 from posterlab.training import features
@@ -30,16 +31,23 @@ class Unexportable(nn.Module):
 
 
 def extract(
-    frozen: nn.Module, paths, tmp_path, name: str, fits=("crop", "pad"), workers: int = 0
+    frozen: nn.Module,
+    paths,
+    tmp_path,
+    name: str,
+    fits=("crop", "pad"),
+    workers: int = 0,
+    flips: bool = True,
+    on_event=lambda event: None,
 ) -> dict[str, np.ndarray]:
     preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
-    views = views_for(preprocess, fits, flips=True)
-    job = Extraction(lambda: frozen, views, [f"key-{view.name}" for view in views])
+    views = views_for(preprocess, fits, flips=flips)
+    job = Extraction(lambda: frozen, views, [f"key-{view.name}" for view in views], about="embeddings")
     tables = compute_features(
         job,
         [str(p) for p in paths],
         [f"{name}-{i}" for i in range(len(paths))],
-        Runtime(torch.device("cpu"), workers=workers),
+        Runtime(torch.device("cpu"), workers=workers, control=Control(on_event)),
         store=FeatureStore(tmp_path / name),
     )
     return {view: table.to_array() for view, table in tables.items()}
@@ -79,6 +87,28 @@ def test_decoding_in_a_worker_beside_the_engine_gives_the_same_numbers(
     plain = extract(backbone, paths, tmp_path, "plain", fits=("crop",))
     for view in plain:
         np.testing.assert_allclose(overlapped[view], plain[view], atol=1e-4, rtol=1e-4)
+
+
+def test_one_view_goes_to_the_engine_as_the_loader_gave_it(backbone, poster_paths, tmp_path, monkeypatch):
+    """One view, no flips (the usual run): the loader's batch is the engine's input, not a copy of it."""
+    paths = poster_paths[:19]
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    fast = extract(backbone, paths, tmp_path, "one", fits=("crop",), workers=1, flips=False)
+    monkeypatch.setattr(features, "frozen_engine", lambda *args, **kwargs: None)
+    plain = extract(backbone, paths, tmp_path, "one-torch", fits=("crop",), flips=False)
+    assert list(fast) == ["crop"] == list(plain)
+    np.testing.assert_allclose(fast["crop"], plain["crop"], atol=1e-4, rtol=1e-4)
+
+
+def test_the_log_says_computing_only_when_something_is_computed(backbone, poster_paths, tmp_path):
+    said: list[str] = []
+    record = lambda event: said.append(event.text) if isinstance(event, Message) else None  # noqa: E731
+    first = extract(backbone, poster_paths[:4], tmp_path, "said", fits=("crop",), on_event=record)
+    assert said == ["computing embeddings once for 4 posters (crop, crop-flip; cached for later runs)"]
+    said.clear()
+    again = extract(backbone, poster_paths[:4], tmp_path, "said", fits=("crop",), on_event=record)
+    assert said == ["embeddings of 4 posters (crop, crop-flip) read from the cache"]
+    np.testing.assert_array_equal(first["crop"], again["crop"])
 
 
 def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(backbone, poster_paths, tmp_path, caplog):
