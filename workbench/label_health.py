@@ -109,6 +109,43 @@ def label_health_view(path: str, labels: LabelConfig, frame: pd.DataFrame, rule:
         "confident learning flags the labels that are probably wrong. Decisions are saved beside "
         "posterlab's cache, never in your labels.csv; the Train page can train with them."
     )
+    if not _audit_controls(path, labels):
+        return
+    corrections = Corrections.load(path)
+    key = rule_key(rule)
+    table = flagged_table(frame, corrections, rule)
+    if key not in corrections.flagged:
+        st.info("No audit of these labels yet: press Find suspicious labels.")
+        return
+    if key in corrections.summaries:
+        st.caption(f"Last audit: {corrections.summaries[key]}")
+    if table.empty:
+        st.success("The audit flagged no poster.", icon=":material/check:")
+        return
+    shown = _filtered(table)
+    decided = table["decision"].value_counts()
+    st.caption(
+        f"{len(table)} flagged · {decided.get(ACCEPT, 0)} accepted · {decided.get(KEEP, 0)} kept · "
+        f"showing {min(len(shown), PER_PAGE)} of {len(shown)}, lowest label quality first"
+    )
+    columns = st.columns(4)
+    for number, poster in enumerate(shown.head(PER_PAGE).itertuples()):
+        with columns[number % 4].container(border=True, key=f"health_card_{poster.id}"):
+            _card(poster, path, key)
+    st.download_button(
+        "Download corrected labels.csv",
+        data=corrected_labels_csv(path, key),
+        file_name="labels.csv",
+        mime="text/csv",
+        key="health_download",
+        icon=":material/download:",
+    )
+    st.caption(f"Corrections file: `{corrections_path(path)}`")
+
+
+def _audit_controls(path: str, labels: LabelConfig) -> bool:
+    """The backbone and "Find suspicious labels" (which audits and records the result); False when the
+    audit failed (its error is shown)."""
     left, right = st.columns([3, 1])
     backbone = left.selectbox(
         "Backbone (its embeddings)",
@@ -126,18 +163,12 @@ def label_health_view(path: str, labels: LabelConfig, frame: pd.DataFrame, rule:
                 record(audit, path)
             except PosterlabError as error:
                 show_error(error, path)
-                return
-    corrections = Corrections.load(path)
-    key = rule_key(rule)
-    table = flagged_table(frame, corrections, rule)
-    if key not in corrections.flagged:
-        st.info("No audit of these labels yet: press Find suspicious labels.")
-        return
-    if key in corrections.summaries:
-        st.caption(f"Last audit: {corrections.summaries[key]}")
-    if table.empty:
-        st.success("The audit flagged no poster.", icon=":material/check:")
-        return
+                return False
+    return True
+
+
+def _filtered(table: pd.DataFrame) -> pd.DataFrame:
+    """The flagged posters the genre, kind and decision filters leave."""
     c1, c2, c3 = st.columns(3)
     every = sorted({g for genres in table["genres"] for g in genres if g})
     genre = c1.selectbox("Genre", ["all", *every], key="health_genre")
@@ -153,43 +184,25 @@ def label_health_view(path: str, labels: LabelConfig, frame: pd.DataFrame, rule:
         shown = shown[shown["decision"] == ""]
     elif status != "all":
         shown = shown[shown["decision"] == status]
-    decided = table["decision"].value_counts()
-    st.caption(
-        f"{len(table)} flagged · {decided.get(ACCEPT, 0)} accepted · {decided.get(KEEP, 0)} kept · "
-        f"showing {min(len(shown), PER_PAGE)} of {len(shown)}, lowest label quality first"
-    )
-    columns = st.columns(4)
-    for number, poster in enumerate(shown.head(PER_PAGE).itertuples()):
-        with columns[number % 4].container(border=True, key=f"health_card_{poster.id}"):
-            st.image(poster.image, width="stretch")
-            st.markdown(f"**{poster.title}**  \n`{poster.id}` · quality {poster.quality:.2f}")
-            st.markdown(f"given: {poster.given}  \nsuggested: **{poster.suggested}**  \n_{poster.kind}_")
-            if poster.decision:
-                st.caption(f"decision: {poster.decision}")
-            a, b = st.columns(2)
-            a.button(
-                "Accept",
-                key=f"health_accept_{poster.id}",
-                on_click=_decide,
-                args=(path, key, poster.id, ACCEPT),
-                disabled=poster.decision == ACCEPT,
-            )
-            b.button(
-                "Keep",
-                key=f"health_keep_{poster.id}",
-                on_click=_decide,
-                args=(path, key, poster.id, KEEP),
-                disabled=poster.decision == KEEP,
-            )
-    st.download_button(
-        "Download corrected labels.csv",
-        data=corrected_labels_csv(path, key),
-        file_name="labels.csv",
-        mime="text/csv",
-        key="health_download",
-        icon=":material/download:",
-    )
-    st.caption(f"Corrections file: `{corrections_path(path)}`")
+    return shown
+
+
+def _card(poster, path: str, key: str) -> None:
+    """One flagged poster: the image, given vs suggested, the score, Accept and Keep."""
+    st.image(poster.image, width="stretch")
+    st.markdown(f"**{poster.title}**  \n`{poster.id}` · quality {poster.quality:.2f}")
+    st.markdown(f"given: {poster.given}  \nsuggested: **{poster.suggested}**  \n_{poster.kind}_")
+    if poster.decision:
+        st.caption(f"decision: {poster.decision}")
+    a, b = st.columns(2)
+    for column, label, decision in ((a, "Accept", ACCEPT), (b, "Keep", KEEP)):
+        column.button(
+            label,
+            key=f"health_{decision}_{poster.id}",
+            on_click=_decide,
+            args=(path, key, poster.id, decision),
+            disabled=poster.decision == decision,
+        )
 
 
 def quality_column(points: pd.DataFrame, path: str) -> pd.DataFrame:
