@@ -40,7 +40,7 @@ from posterlab import faults, settings
 from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.events import Control, Message, Progress, StopRequested
-from posterlab.models.onnx import frozen_engine
+from posterlab.models.onnx import Engine, frozen_engine
 from posterlab.training.distributed import SINGLE, Dist
 from posterlab.training.loop import autocast
 
@@ -325,59 +325,10 @@ def _extract(
 
     On a CPU the loader's processes decode the next posters while the engine runs the current ones (with
     OpenVINO, one infer request per core in flight), so decoding and the model share both cores."""
-    device = rt.device
-    frozen = job.module().eval().to(device)
-    preprocesses = list(dict.fromkeys(v.preprocess for v in job.views))
-    fit_index = [preprocesses.index(v.preprocess) for v in job.views]
-    channels_last = device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
-    if channels_last:
-        frozen = frozen.to(memory_format=torch.channels_last)
-    # posters per loader step; on a CPU the engine splits them into chunks of a measured size
-    size = rt.batch_size or (128 if device.type == "cuda" else max(2, 16 // len(job.views)))
-    dataset = _Images([paths[i] for i in rows], preprocesses)
-    workers = rt.workers if rt.workers >= 0 else default_workers(device)
-    loader = DataLoader(dataset, batch_size=size, num_workers=workers, pin_memory=device.type == "cuda")
-
-    def inputs() -> Iterator[tuple[int, torch.Tensor]]:
-        """(posters, every view of them stacked) per loader batch; a stop request lands here."""
-        for batch in loader:
-            rt.control.check()
-            batch = batch.to(device, non_blocking=True)
-            views = [batch[:, f] for f in fit_index]
-            views = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(views, job.views, strict=True)]
-            # one view is the batch itself: a copy of it cost the main thread 9 ms a batch on this CPU
-            yield len(batch), views[0] if len(views) == 1 else torch.cat(views)
-
-    def through_torch(stream: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
-        for count, stacked in stream:
-            if channels_last:
-                stacked = stacked.contiguous(memory_format=torch.channels_last)
-            with autocast(device, job.amp):
-                yield count, frozen(stacked).float()
-
+    frozen = job.module().eval().to(rt.device)
+    workers = rt.workers if rt.workers >= 0 else default_workers(rt.device)
     started, done, saved = time.monotonic(), 0, 0
-    stream = inputs()
-    first = next(stream, None)
-    engine = None
-    if first is not None and device.type == "cpu":
-        # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
-        # runs one per core, each on one thread, and shares every core with the loader as each needs
-        engine = frozen_engine(
-            frozen,
-            first[1],
-            job.identity,
-            threads=max(1, usable_cores() - workers),
-            int8=job.int8,
-            streams=usable_cores(),
-        )
-    stream = itertools.chain([first] if first is not None else [], stream)
-    if engine is not None:
-        outputs = (
-            (count, torch.from_numpy(out))
-            for count, out in engine.map((count, x.numpy()) for count, x in stream)
-        )
-    else:
-        outputs = through_torch(stream)
+    outputs, engine = _outputs(job, frozen, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
     fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
     for count, output in outputs:
         for key, part in zip(job.keys, output.split(count), strict=True):
@@ -404,6 +355,63 @@ def _extract(
         len(rows) / max(time.monotonic() - started, 1e-6),
         engine.title if engine is not None else "torch",
     )
+
+
+def _inputs(
+    job: Extraction, paths: list[str], rt: Runtime, workers: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(posters, every view of them stacked) per loader batch, decoded by ``workers`` processes; a stop
+    request lands here."""
+    preprocesses = list(dict.fromkeys(v.preprocess for v in job.views))
+    fit_index = [preprocesses.index(v.preprocess) for v in job.views]
+    # posters per loader step; on a CPU the engine splits them into chunks of a measured size
+    size = rt.batch_size or (128 if rt.device.type == "cuda" else max(2, 16 // len(job.views)))
+    pin = rt.device.type == "cuda"
+    for batch in DataLoader(
+        _Images(paths, preprocesses), batch_size=size, num_workers=workers, pin_memory=pin
+    ):
+        rt.control.check()
+        batch = batch.to(rt.device, non_blocking=True)
+        views = [batch[:, f] for f in fit_index]
+        views = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(views, job.views, strict=True)]
+        # one view is the batch itself: a copy of it cost the main thread 9 ms a batch on this CPU
+        yield len(batch), views[0] if len(views) == 1 else torch.cat(views)
+
+
+def _outputs(
+    job: Extraction, frozen: nn.Module, stream: Iterator[tuple[int, torch.Tensor]], rt: Runtime, workers: int
+) -> tuple[Iterator[tuple[int, torch.Tensor]], Engine | None]:
+    """(posters, the frozen part's outputs) per batch of ``stream``, and the engine that computes them: on
+    a CPU the fastest ONNX engine that matches torch (opened on the first batch), else torch itself."""
+    channels_last = rt.device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
+    if channels_last:
+        frozen = frozen.to(memory_format=torch.channels_last)
+    first = next(stream, None)
+    engine = None
+    if first is not None and rt.device.type == "cpu":
+        # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
+        # runs one per core, each on one thread, and shares every core with the loader as each needs
+        engine = frozen_engine(
+            frozen,
+            first[1],
+            job.identity,
+            threads=max(1, usable_cores() - workers),
+            int8=job.int8,
+            streams=usable_cores(),
+        )
+    stream = itertools.chain([first] if first is not None else [], stream)
+    if engine is not None:
+        mapped = engine.map((count, x.numpy()) for count, x in stream)
+        return ((count, torch.from_numpy(out)) for count, out in mapped), engine
+
+    def through_torch() -> Iterator[tuple[int, torch.Tensor]]:
+        for count, stacked in stream:
+            if channels_last:
+                stacked = stacked.contiguous(memory_format=torch.channels_last)
+            with autocast(rt.device, job.amp):
+                yield count, frozen(stacked).float()
+
+    return through_torch(), engine
 
 
 def _save(store: FeatureStore, job: Extraction, fresh: dict, digests: list[str], start: int) -> None:
