@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -34,31 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
+from posterlab import faults  # noqa: E402
 from posterlab.launch import torchrun_command, worker_environment  # noqa: E402
 from posterlab.runs import RunFolder, load_run  # noqa: E402
-
-# every file a process opens for writing, by rank (Python's audit hook), to check rank 1 writes only cache
-AUDIT = textwrap.dedent(
-    """
-    import os, sys
-    _log = os.environ.get("POSTERLAB_AUDIT_DIR")
-    if _log:
-        _path = os.path.join(_log, f"rank{os.environ.get('RANK', 'x')}-{os.getpid()}.txt")
-        def _hook(event, args):
-            if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-                mode, flags = args[1], args[2] if len(args) > 2 else 0
-                if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
-                    _note(os.fsdecode(args[0]))
-            elif event in ("os.rename", "os.replace") and len(args) > 1:
-                _note(os.fsdecode(args[1]))
-        def _note(path):
-            if path != _path:
-                with open(_path, "a") as handle:
-                    handle.write(os.path.abspath(path) + "\\n")
-        sys.addaudithook(_hook)
-    """
-)
 
 
 class PeakMemory:
@@ -96,29 +73,13 @@ class PeakMemory:
         return {k: round(v) for k, v in sorted(self.peaks.items())}
 
 
-def rank1_outside(audit: Path, cache: Path) -> list[str]:
-    written = set()
-    for path in audit.glob("rank1-*.txt"):
-        written |= set(path.read_text().split())
-    temporary = tempfile.gettempdir() + os.sep
-    allowed = (str(cache.resolve()), "/dev/", "/proc/", f"{temporary}torchelastic_")
-    return sorted(
-        p
-        for p in written
-        if not p.startswith(allowed) and not (p.startswith(temporary) and not os.path.exists(p))
-    )
-
-
 def environment(work: Path, **extra: str) -> dict:
-    audit = work / "audit"
-    audit.mkdir(exist_ok=True)
-    (work / "site").mkdir(exist_ok=True)
-    (work / "site" / "sitecustomize.py").write_text(AUDIT)
+    audit = faults.audit_writes(work)
     return {
         **worker_environment(True),
         "POSTERLAB_CACHE_DIR": str(work / "cache"),
-        "POSTERLAB_AUDIT_DIR": str(audit),
-        "PYTHONPATH": os.pathsep.join([str(work / "site"), str(ROOT)]),
+        **audit,
+        "PYTHONPATH": os.pathsep.join([audit["PYTHONPATH"], str(ROOT)]),
         "HF_HUB_OFFLINE": "1",
         **extra,
     }
@@ -164,7 +125,7 @@ def finetune(data: str, work: Path, args: argparse.Namespace) -> dict:
         "after_stop": {"state": stopped.state, "epochs": len(stopped.history)},
         "wall_s": round(wall, 1),
         "peak_rss_mib": memory.stop(),
-        "rank1_outside_cache": rank1_outside(work / "audit", work / "cache"),
+        "rank1_outside_cache": faults.written_outside(work, 1, work / "cache"),
     } | summary(run_dir)
 
 
@@ -211,7 +172,7 @@ def probe(data: str, work: Path, rows: int) -> dict:
         "exit": [code],
         "wall_s": round(time.monotonic() - started, 1),
         "peak_rss_mib": memory.stop(),
-        "rank1_outside_cache": rank1_outside(work / "audit", work / "cache"),
+        "rank1_outside_cache": faults.written_outside(work, 1, work / "cache"),
     } | summary(run_dir)
 
 

@@ -14,12 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from posterlab import faults
 from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig, to_dict
 from posterlab.launch import torchrun_command, worker_environment
 from posterlab.runs import load_run
@@ -28,33 +28,15 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
-# records every file a process opens for writing, by rank (Python's audit hooks: open, os.open, rename)
-AUDIT = textwrap.dedent(
-    """
-    import os, sys
-    _log = os.environ.get("POSTERLAB_AUDIT_DIR")
-    if _log:
-        _path = os.path.join(_log, f"rank{os.environ.get('RANK', 'x')}-{os.getpid()}.txt")
-        _writing = ("w", "a", "x", "+")
 
-        def _hook(event, args):
-            if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-                mode, flags = args[1], args[2] if len(args) > 2 else 0
-                if (isinstance(mode, str) and any(c in mode for c in _writing)) or (
-                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-                ):
-                    _note(os.fsdecode(args[0]))
-            elif event in ("os.rename", "os.replace") and len(args) > 1:
-                _note(os.fsdecode(args[1]))
-
-        def _note(path):
-            if path != _path:
-                with open(_path, "a") as handle:
-                    handle.write(os.path.abspath(path) + "\\n")
-
-        sys.addaudithook(_hook)
-    """
-)
+def test_the_write_audit_sees_a_write_outside_the_allowed_folders(tmp_path):
+    """The check the torchrun tests rely on (rank 1 writes only into the cache) can fail."""
+    (tmp_path / "cache").mkdir()
+    env = {**os.environ, **faults.audit_writes(tmp_path), "RANK": "1"}
+    code = f"open({str(tmp_path / 'out.txt')!r}, 'w'); open({str(tmp_path / 'cache' / 'in.txt')!r}, 'w')"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert faults.written_outside(tmp_path, 1, tmp_path / "cache") == [str(tmp_path / "out.txt")]
+    assert faults.written_outside(tmp_path, 0, tmp_path / "cache") == []
 
 
 def _config(name: str, epochs: int = 3, mode: str = "full", limit: int | None = 120) -> RunConfig:
@@ -78,19 +60,14 @@ def _config(name: str, epochs: int = 3, mode: str = "full", limit: int | None = 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     """Environment for torchrun jobs: their own checkpoints folder and cache, gloo on loopback, audited."""
-    audit = tmp_path / "audit"
-    audit.mkdir()
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(AUDIT)
     checkpoints = tmp_path / "checkpoints"
     env = {
         **worker_environment(True),
         "POSTERLAB_CHECKPOINTS": str(checkpoints),
-        "POSTERLAB_AUDIT_DIR": str(audit),
-        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+        **faults.audit_writes(tmp_path),
         "PYTHONUNBUFFERED": "1",
     }
-    return {"env": env, "checkpoints": checkpoints, "audit": audit, "tmp": tmp_path}
+    return {"env": env, "checkpoints": checkpoints, "tmp": tmp_path}
 
 
 def _config_file(cluster: dict, config: RunConfig) -> Path:
@@ -118,32 +95,6 @@ def _finish(cluster: dict, process: subprocess.Popen, log: str = "torchrun", tim
         raise
     output = (cluster["tmp"] / f"{log}.log").read_text()
     assert code == 0, output[-4000:]
-
-
-def _written_by_rank(cluster: dict, rank: int) -> set[str]:
-    written = set()
-    for path in cluster["audit"].glob(f"rank{rank}-*.txt"):
-        written |= set(path.read_text().split())
-    return written
-
-
-def _outside(paths: set[str], *allowed: Path) -> set[str]:
-    """Paths written outside ``allowed`` folders, less devices and what is gone again from the temp folder
-    (Python's tempfile probes it once with a throwaway file; torchrun keeps its own files there)."""
-    import tempfile
-
-    roots = [str(Path(a).resolve()) for a in allowed] + [
-        "/dev/",
-        "/proc/",
-        f"{tempfile.gettempdir()}/torchelastic_",
-    ]
-    temporary = tempfile.gettempdir() + os.sep
-    return {
-        p
-        for p in paths
-        if not any(p.startswith(root) for root in roots)
-        and not (p.startswith(temporary) and not os.path.exists(p))
-    }
 
 
 def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
@@ -189,7 +140,7 @@ def test_two_processes_learn_what_one_does_stop_on_every_rank_and_resume_on_one(
     landed = re.search(r"batch (\d+) of \d+ \(noticed here at batch (\d+)\)", honoured[0])
     if landed:  # rank 0 saw the request itself in this epoch: the ranks agree one batch later at most
         assert int(landed[1]) - int(landed[2]) <= 1, honoured[0]
-    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+    assert not faults.written_outside(cluster["tmp"], 1, cluster["env"]["POSTERLAB_CACHE_DIR"])
 
     one = load_run(train_run(_config("one-proc"), runs_root))  # the same run in one process
     assert json.loads((run_dir / "split.json").read_text()) == json.loads(
@@ -236,7 +187,7 @@ def test_two_machines_on_loopback(cluster):
         _finish(cluster, node, log=f"node{i}")
     run = load_run(cluster["checkpoints"] / "two-nodes")
     assert run.state == "completed" and run.environment["world_size"] == 2 and run.metrics["cached_inputs"]
-    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+    assert not faults.written_outside(cluster["tmp"], 1, cluster["env"]["POSTERLAB_CACHE_DIR"])
 
 
 @pytest.mark.parametrize(
