@@ -190,14 +190,8 @@ def test_a_search_under_torchrun_trains_every_trial_on_both_ranks(cluster):  # n
     """Under torchrun rank 0 alone talks to the study and hands each trial (and each prune verdict) to
     rank 1, which trains in step: the job completes with the study's trials, and rank 1 wrote nothing
     but cache entries (no second study, no run files)."""
-    from tests.training.test_distributed import (
-        _config,
-        _config_file,
-        _finish,
-        _launch,
-        _outside,
-        _written_by_rank,
-    )
+    from posterlab import faults
+    from tests.training.test_distributed import _config, _config_file, _finish, _launch
 
     config = _config("torchrun-search", epochs=2, limit=80)
     config = RunConfig(config.data, dataclasses.replace(config.train, search_trials=3), name=config.name)
@@ -209,7 +203,7 @@ def test_a_search_under_torchrun_trains_every_trial_on_both_ranks(cluster):  # n
     study = _study(run_dir / STUDY_FILE)
     assert len(_finished(study)) == 3
     assert run.model["hyper"] == study.best_trial.params
-    assert not _outside(_written_by_rank(cluster, 1), cluster["env"]["POSTERLAB_CACHE_DIR"])
+    assert not faults.written_outside(cluster["tmp"], 1, cluster["env"]["POSTERLAB_CACHE_DIR"])
 
 
 def test_a_storage_without_its_driver_names_the_fix():
