@@ -17,10 +17,13 @@ label per poster). Low means suspicious. Measured on injected noise (``benchmark
 ranked the corrupted posters better than the self-confidence divided by the class thresholds, the sum
 of the labels' odds of being wrong, or their product.
 
-Besides the image, the probe sees the poster's other tags: the genres outside the selection and, for a
-multi-label target, the other selected labels (never the label it scores). On the development set this
-lifted AUROC for injected errors from 0.78 to 0.82 (see the README). cleanlab is AGPL-3.0 and is not
-a dependency: the method is implemented here and compared against cleanlab in ``benchmarks/label_noise.py``.
+Besides the image, each poster's other tags are evidence: the genres outside the selection and, for a
+multi-label target, the other selected labels (never the label being judged). Each fold counts how often
+the training posters with exactly those tags carry the label, and that is combined with the image probe
+as independent evidence (``out_of_fold``). On the development set with injected errors, AUROC went from
+0.78 (image only) to 0.81-0.84 with the tags as linear features, and to 0.86-0.88 with their exact
+combinations counted (see the README). cleanlab is AGPL-3.0 and is not a dependency: the method is
+implemented here and compared against cleanlab in ``benchmarks/label_noise.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ WRONG_LABEL = "wrong label"  # one label per poster: another class is confidentl
 KINDS = (TAGGED_UNLIKELY, MISSING_LIKELY, WRONG_LABEL)
 PRIOR = 52.0  # the probe's L2 penalty times its training posters (see out_of_fold)
 MIN_POSTERS = 20  # fewer and a 5-fold probe has too few posters per fold to say anything
+PSEUDO = 1.0  # tag_frequencies' pseudo-count at the prior: 0.3-1 ranked injected errors alike, 3-30 worse
+EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before they are combined
 
 
 # ----------------------------------------------------------------------------------- the probe
@@ -61,20 +66,22 @@ def out_of_fold(
     context: np.ndarray | None = None,
     on_fold: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """(n, k) probabilities of every poster from a linear probe that never saw it.
+    """(n, k) probabilities of every poster from models that never saw it.
 
     ``views``: one (n, d) array per view of the same posters; ``y``: (n, k) 0/1 targets (one-hot for one
-    label per poster). Each fold's probe is a full-batch L-BFGS fit of a linear layer (sigmoid or softmax)
-    with L2 penalty ``l2`` on standardised features, trained on every view and averaged over them. The
-    default penalty is ``PRIOR / n_train``: the same prior whatever the number of posters (the loss is a
-    mean), 0.01 on the 5,200 training posters of a fold of the development set (where 0.01 and 0.03 ranked
-    injected errors alike and 0.001 worse) and about 0.2 on the 300-poster sample (where 0.2-1 ranked
-    planted errors better than 0.01 and saturated fewer probabilities).
+    label per poster). Each fold's image probe is a full-batch L-BFGS fit of a linear layer (sigmoid or
+    softmax) with L2 penalty ``l2`` on standardised features, trained on every view and averaged over them.
+    The default penalty is ``PRIOR / n_train``: the same prior whatever the number of posters (the loss is
+    a mean), 0.01 on the 5,200 training posters of a fold of the development set (where 0.01 and 0.03
+    ranked injected errors alike and 0.001 worse) and about 0.2 on the 300-poster sample (where 0.2-1
+    ranked planted errors better than 0.01 and saturated fewer probabilities).
 
     ``context``: (n, c) 0/1 tags known besides the image (the poster's other genres); for a multi-label
-    target its last k columns are the given labels themselves, each hidden from its own output, so every
-    label is judged by the image and the poster's *other* labels (a comedy tagged Horror stands out by its
-    tags as much as by its poster)."""
+    target its last k columns are the given labels themselves, each left out of its own label's tags.
+    With it, each fold also counts how often the training posters with exactly the same tags carry each
+    label (``tag_frequencies``), and the two are combined as independent evidence: p(label | image, tags)
+    is proportional to p(label | image) p(label | tags) / p(label). A comedy tagged Horror stands out by
+    its tags as much as by its poster."""
     import torch
 
     n, k = y.shape
@@ -99,40 +106,80 @@ def _out_of_fold(views, y, multilabel, folds, l2, context, on_fold, fold_of) -> 
     out = np.zeros((n, k), dtype=np.float64)
     if l2 is None:
         l2 = PRIOR / max(1, int(np.sum(fold_of != 0)))
-    mask = None
-    if context is not None:
-        mask = torch.ones(context.shape[1], k)
-        if multilabel:  # a label never predicts itself
-            mask[context.shape[1] - k + np.arange(k), np.arange(k)] = 0.0
+    keys = None if context is None else _tag_keys(context, k, multilabel)
     for fold in range(folds):
         test, train = fold_of == fold, fold_of != fold
         stacked = np.concatenate([view[train] for view in views]).astype(np.float32)
         mean, std = stacked.mean(0), stacked.std(0) + 1e-6
         x = torch.from_numpy((stacked - mean) / std)
-        tags = None if context is None else torch.from_numpy(np.tile(context[train], (len(views), 1)))
         target = torch.from_numpy(np.tile(y[train], (len(views), 1)).astype(np.float32))
-        weight, bias, tag_weight = _fit_linear(x, tags, mask, target, multilabel, l2)
-        shift = 0.0 if context is None else torch.from_numpy(context[test]) @ tag_weight
+        weight, bias = _fit_linear(x, target, multilabel, l2)
         probabilities = np.zeros((int(test.sum()), k))
         for view in views:
-            logits = torch.from_numpy(((view[test] - mean) / std).astype(np.float32)) @ weight + bias + shift
+            logits = torch.from_numpy(((view[test] - mean) / std).astype(np.float32)) @ weight + bias
             probabilities += (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).numpy()
-        out[test] = probabilities / len(views)
+        probabilities /= len(views)
+        if keys is not None:
+            prior = np.clip(y[train].mean(0), EPS, 1 - EPS)
+            tagged = tag_frequencies(keys, y, train, test, prior)
+            probabilities = _combine(probabilities, tagged, prior, multilabel)
+        out[test] = probabilities
         if on_fold:
             on_fold(fold + 1, folds)
     return out
 
 
-def _fit_linear(x, tags, mask, target, multilabel: bool, l2: float):
+def _tag_keys(context: np.ndarray, k: int, multilabel: bool) -> np.ndarray:
+    """(n, k) integer keys, equal where two posters carry the same tags: for a multi-label target, label
+    j's key leaves out the column of label j itself (the last k columns of ``context``); otherwise one key
+    per poster, repeated for every class."""
+    c = context.shape[1]
+    keys = np.zeros((len(context), k), dtype=np.int64)
+    for j in range(k):
+        tags = np.delete(context, c - k + j, 1) if multilabel else context
+        keys[:, j] = np.unique(tags > 0.5, axis=0, return_inverse=True)[1].reshape(-1)
+        if not multilabel:
+            keys[:, 1:] = keys[:, :1]
+            break
+    return keys
+
+
+def tag_frequencies(keys: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, prior: np.ndarray):
+    """(test posters, k): the share of training posters with the same tags (``keys``, from ``_tag_keys``)
+    that carry each label, with ``PSEUDO`` posters at the training ``prior`` added, so tags no training
+    poster has give the prior."""
+    out = np.zeros((int(test.sum()), y.shape[1]))
+    for j in range(y.shape[1]):
+        size = int(keys[:, j].max()) + 1
+        posters = np.bincount(keys[train, j], minlength=size)
+        carrying = np.bincount(keys[train, j], weights=y[train, j], minlength=size)
+        seen = keys[test, j]
+        out[:, j] = (carrying[seen] + PSEUDO * prior[j]) / (posters[seen] + PSEUDO)
+    return out
+
+
+def _combine(image: np.ndarray, tags: np.ndarray, prior: np.ndarray, multilabel: bool) -> np.ndarray:
+    """p(label | image, tags) from p(label | image) and p(label | tags), the two taken as independent
+    given the label: the product of the two over the prior, per label (sigmoid) or over classes (softmax).
+    Measured on injected noise, the image's weight 0.4-1 ranked alike; 1 needs no tuning."""
+    image, tags = np.clip(image, EPS, 1 - EPS), np.clip(tags, EPS, 1 - EPS)
+    if multilabel:
+        logit = np.log(image / (1 - image)) + np.log(tags / (1 - tags)) - np.log(prior / (1 - prior))
+        return 1 / (1 + np.exp(-logit))
+    log = np.log(image) + np.log(tags) - np.log(prior)
+    log -= log.max(1, keepdims=True)
+    return np.exp(log) / np.exp(log).sum(1, keepdims=True)
+
+
+def _fit_linear(x, target, multilabel: bool, l2: float):
     import torch
 
     d, k = x.shape[1], target.shape[1]
     weight = torch.zeros(d, k, requires_grad=True)
     prior = target.mean(0).clamp(1e-4, 1 - 1e-4)
     bias = (torch.log(prior / (1 - prior)) if multilabel else torch.log(prior)).clone().requires_grad_(True)
-    tag_weight = torch.zeros(tags.shape[1] if tags is not None else 0, k, requires_grad=True)
     optimiser = torch.optim.LBFGS(
-        [weight, bias, tag_weight], lr=1, max_iter=100, history_size=20, line_search_fn="strong_wolfe"
+        [weight, bias], lr=1, max_iter=100, history_size=20, line_search_fn="strong_wolfe"
     )
     loss_of = (
         torch.nn.functional.binary_cross_entropy_with_logits
@@ -142,16 +189,12 @@ def _fit_linear(x, tags, mask, target, multilabel: bool, l2: float):
 
     def closure():
         optimiser.zero_grad()
-        logits = x @ weight + bias
-        if tags is not None:
-            logits = logits + tags @ (tag_weight * mask)
-        loss = loss_of(logits, target) + l2 * (weight**2).sum()
+        loss = loss_of(x @ weight + bias, target) + l2 * (weight**2).sum()
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    masked = (tag_weight * mask).detach() if tags is not None else tag_weight.detach()
-    return weight.detach(), bias.detach(), masked
+    return weight.detach(), bias.detach()
 
 
 def _folds(y: np.ndarray, folds: int, seed: int, multilabel: bool) -> np.ndarray:

@@ -72,6 +72,34 @@ def test_out_of_fold_probabilities_never_see_their_poster():
     assert roc_auc_score(y2[:, 0], out_of_fold([x], y2, multilabel=True, l2=1e-3)[:, 0]) > 0.95
 
 
+@pytest.mark.parametrize("multilabel", [True, False])
+def test_other_tags_count_by_their_exact_combination(multilabel):
+    # the label is the XOR of two other tags: no linear model of the tags can learn it, counting the
+    # training posters with the same tags does; the image features are noise
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 400
+    tags = (rng.random((n, 2)) < 0.5).astype(np.float32)
+    first = np.logical_xor(tags[:, 0], tags[:, 1]).astype(np.float32)
+    planted = rng.choice(n, 10, replace=False)
+    first[planted] = 1 - first[planted]
+    if multilabel:
+        y = np.stack([first, (rng.random(n) < 0.5).astype(np.float32)], 1)
+        context = np.concatenate([tags, y], 1)  # the given labels last, as context_tags builds it
+    else:
+        y = np.stack([first, 1 - first], 1)
+        context = tags
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    p = out_of_fold([x], y, multilabel=multilabel, context=context)
+    found = find_issues(p, y, multilabel=multilabel)
+    assert roc_auc_score(np.isin(np.arange(n), planted), -found.quality) > 0.95
+    assert set(np.argsort(found.quality)[:10]) == set(planted)
+    # with the image alone, nothing tells them apart
+    alone = find_issues(out_of_fold([x], y, multilabel=multilabel), y, multilabel=multilabel)
+    assert roc_auc_score(np.isin(np.arange(n), planted), -alone.quality) < 0.8
+
+
 @pytest.fixture
 def clean_corrections():
     """Corrections of the embedded sample start and end empty (the cache folder is the session's)."""
