@@ -378,14 +378,14 @@ class Audit:
     def summary(self) -> str:
         """One line: posters, estimated noisy share, per-label noise rates."""
         n = len(self.y)
-        if self.rule.multilabel:
-            noisy = float(self.found.joint[:, 0, 1].sum() + self.found.joint[:, 1, 0].sum())
-            share = min(1.0, noisy / max(n, 1))  # label errors per poster, an upper bound of the share
-        else:
-            share = float(self.found.noise_rate.sum())
+        if self.rule.multilabel:  # a poster is noisy when any of its labels is wrong
+            share = 1.0 - float(np.prod(1.0 - np.clip(self.found.noise_rate, 0.0, 1.0)))
+            how = " (labels taken as erring independently)"
+        else:  # one label per poster: the posters whose label is wrong
+            share, how = float(self.found.noise_rate.sum()), ""
         rates = ", ".join(f"{name} {rate:.1%}" for name, rate in self.noise_rates().items())
         return (
-            f"{n} posters, {int(self.flagged.sum())} flagged; estimated noisy share {share:.1%}; "
+            f"{n} posters, {int(self.flagged.sum())} flagged; estimated noisy share {share:.1%}{how}; "
             f"noise rate per label: {rates}"
         )
 
