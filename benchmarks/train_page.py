@@ -2,11 +2,11 @@
 
 A real ``streamlit run app.py`` and Debian's chromium (Playwright), as a user has them: a zip of sample
 posters uploaded, a short probe trained first (imports, backbone export and embeddings warm, as in a
-session), then the timed run started from the Train page and followed until the page shows it
-completed, with the page polling its progress and redrawing its curves; ``--repeats`` times (the first
-computes the frozen part's output, the others read it back). The same timed config (read back from the
-run's ``config.json``) is then trained as many times in this process with ``train_run``, after the same
-warm-up. The figures are medians.
+session), then the timed run started from the Train page, timed from the Start click (its epochs and
+name typed before it) until the page shows it completed, with the page polling its progress and
+redrawing its curves; ``--repeats`` times (the first computes the frozen part's output, the others read
+it back). The same timed config (read back from the run's ``config.json``) is then trained as many times
+in this process with ``train_run``, after the same warm-up. The figures are medians.
 
 It also runs the page with Streamlit's default ``runner.postScriptGC = true`` (a full ``gc.collect()``
 after every script run, fragments included), which the app's ``.streamlit/config.toml`` turns off.
@@ -138,9 +138,14 @@ def fill(page, label: str, value: str) -> None:
     settle(page)
 
 
-def train(page, name: str, epochs: int) -> None:
+def prepare(page, name: str, epochs: int) -> None:
+    """Type the run's epochs and name into the form (before the clock starts: a plain process is not timed
+    while its config is written either)."""
     fill(page, "Epochs", str(epochs))
     fill(page, "Run name (optional)", name)
+
+
+def start(page) -> None:
     page.get_by_role("button", name="Start training").click()
 
 
@@ -174,7 +179,8 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
         settle(page)
         page.get_by_test_id("stTopNavLink").filter(has_text="Train").first.click()
         settle(page)
-        train(page, "warm-up", 2)
+        prepare(page, "warm-up", 2)
+        start(page)
         completed(page, "warm-up")
         settle(page)
         page.get_by_role("radiogroup", name="Mode").get_by_text(args.mode, exact=True).click()
@@ -184,10 +190,11 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
         walls, app_cpu, browser_cpu = [], [], []
         for repeat in range(args.repeats):  # the first computes the frozen part's output, the rest read it
             name = "timed" if repeat == 0 else f"timed-{repeat + 1}"
+            prepare(page, name, args.epochs)
             browsers = pids("chrom")
             before = cpu_seconds(watched), cpu_seconds(browsers)
-            started = time.monotonic()
-            train(page, name, args.epochs)
+            started = time.monotonic()  # from the Start click to "completed" on the page
+            start(page)
             completed(page, name)
             walls.append(round(time.monotonic() - started, 1))
             app_cpu.append(round(cpu_seconds(watched) - before[0], 1))
