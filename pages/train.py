@@ -42,6 +42,7 @@ from workbench.widgets import (
     balance_control,
     bounded_number,
     elapsed,
+    ends_within,
     integer_epochs,
     label_controls,
     progress,
@@ -67,8 +68,8 @@ LIVE_PANEL = "train_live"  # the live panel's container key (its CSS class is st
 # old named an epoch long gone on the sample, and Stop seemed to land epochs late: issue 18), and its
 # curves, a fragment of their own, every CURVES_SECONDS. Each redraw costs the browser CPU in proportion to
 # the page (it re-renders every element of this long page), a plotly redraw more, a page run most: on a
-# small machine that CPU is the training's (issue 21), so no timed redraw is a page run, and the page runs
-# once at the run's end (noticed within a poll).
+# small machine that CPU is the training's (issue 21), so no timed redraw is a page run: Start shows the
+# run in the same page run, and the page runs once more at the run's end, which the last poll waits for.
 POLL_SECONDS = 1.0
 CURVES_SECONDS = 3.0
 DEFAULTS = TrainConfig()  # the form's initial values: the config's own defaults
@@ -81,17 +82,19 @@ def whole(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def start(folder: Path, config: RunConfig, processes: int) -> None:
-    """Start button: train in the background (refused, with the reason, while a run trains)."""
+def start(folder: Path, config: RunConfig, processes: int) -> bool:
+    """Start button: train in the background (refused, with the reason, while a run trains). Whether it
+    started."""
     try:
         state.trainers().start(folder, config, processes)
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = one_line(error)
-    else:
-        st.session_state[SHOW_LIVE_KEY] = True
-        # a name is used once: the next run gets a fresh, empty name field (clearing this one's state
-        # would fight the widget's remembered value)
-        st.session_state[STARTED_KEY] = st.session_state.get(STARTED_KEY, 0) + 1
+        return False
+    st.session_state[SHOW_LIVE_KEY] = True
+    # a name is used once: the next run gets a fresh, empty name field (clearing this one's state would
+    # fight the widget's remembered value)
+    st.session_state[STARTED_KEY] = st.session_state.get(STARTED_KEY, 0) + 1
+    return True
 
 
 def request_start() -> None:
@@ -166,6 +169,12 @@ def live(was_running: bool) -> None:
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
     snapshot = manager.snapshot()
+    if snapshot.running and ends_within(snapshot, POLL_SECONDS):
+        # the run ends before the next poll would see it: wait for the end here, so that the page shows it
+        # at once rather than up to a poll late (a Stop clicked meanwhile lands after this wait, at most a
+        # poll, in a run that ends within it anyway)
+        manager.join(POLL_SECONDS)
+        snapshot = manager.snapshot()
     if was_running and not snapshot.running:
         st.rerun()  # finished: refresh the page (form, run list, sidebar) once
     if snapshot.status == "idle":
@@ -540,6 +549,16 @@ def build_config(
         return None
 
 
+def name_field(slot, folder: Path) -> str:
+    """The run-name field, in ``slot`` (keyed by ``name_key``: a new, empty field after each start)."""
+    return slot.text_input(
+        "Run name (optional)",
+        key=name_key(),
+        placeholder="empty: <time>-<backbone>-<mode>",
+        help=f"The run's folder under {folder}",
+    ).strip()
+
+
 def new_run_form(folder: Path) -> None:
     """The form: model, data and hyper-parameters → a validated ``RunConfig`` → Start."""
     path = state.dataset_path()
@@ -553,12 +572,8 @@ def new_run_form(folder: Path) -> None:
         labels, data = data_section(path)
     train |= more_settings(train["mode"], labels)
     processes = gpu_processes()
-    name = st.text_input(
-        "Run name (optional)",
-        key=name_key(),
-        placeholder="empty: <time>-<backbone>-<mode>",
-        help=f"The run's folder under {folder}",
-    ).strip()
+    name_slot = st.empty()  # Start puts a fresh field in its place
+    name = name_field(name_slot, folder)
     config = build_config(path, labels, data, train, name)
     st.button(
         "Start training",
@@ -570,9 +585,11 @@ def new_run_form(folder: Path) -> None:
     )
     # started here, not in the callback: the config is this run's, with every value the user just typed
     # (a callback's arguments are those of the previous run, which may not have seen the last edit)
-    if st.session_state.pop(START_KEY, False) and config is not None:
-        start(folder, config, processes)
-        st.rerun()  # the page again, with the run training and a fresh name field
+    # no rerun after it: the live panel is drawn after this form (into its slot at the top), so this page
+    # run already shows the run training, and the used name's field gives way to a fresh one here
+    requested = st.session_state.pop(START_KEY, False) and config is not None
+    if requested and start(folder, config, processes):
+        name_field(name_slot, folder)
     flash = st.session_state.pop(FLASH_KEY, None)
     if flash:
         st.error(flash, icon=":material/block:")
@@ -658,18 +675,20 @@ through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
 trainers = state.trainers()
+live_panel = st.container(key=LIVE_PANEL)  # at the top, filled once the form below has had its say
+notice = st.empty()
+st.subheader("New run")
+new_run_form(folder)  # Start starts the run here: the panel drawn next already shows it
 running = trainers.active() is not None
-with st.container(key=LIVE_PANEL):
+with live_panel:
     st.fragment(live, run_every=POLL_SECONDS if running else None)(running)
     st.fragment(live_curves, run_every=CURVES_SECONDS if running else None)()
-if st.session_state.pop(SHOW_LIVE_KEY, False):
-    show_live_panel()
 if running:
-    st.info(
+    notice.info(
         "A run is training; you can keep using the other pages. Another Start is refused until it ends.",
         icon=":material/info:",
     )
-st.subheader("New run")
-new_run_form(folder)
+if st.session_state.pop(SHOW_LIVE_KEY, False):
+    show_live_panel()
 st.divider()
 runs_section(folder)

@@ -34,3 +34,31 @@ def test_the_map_never_colours_unscored_posters_like_a_prediction() -> None:
     scored = [c for d, c in named.items() if d != "not scored"]
     assert NOT_SCORED not in scored and len(set(scored)) == len(scored)
     assert set(points["colour"]) == set(domain)
+
+
+def test_the_live_panel_waits_for_a_run_only_in_its_last_second() -> None:
+    """The poll waits for the run's end only when the planned last epoch is under way and its rest, at
+    the mean epoch's pace, is shorter than the wait, or when every epoch is done (the test figures)."""
+    from posterlab.training.manager import Snapshot
+    from workbench.widgets import ends_within
+
+    def snapshot(finished: int, done: int = 0, stage: str = "training", **fields) -> Snapshot:
+        history = [{"epoch": e + 1, "seconds": 2.0} for e in range(finished)]
+        return Snapshot(
+            status="running",
+            stage=stage,
+            epochs=6,
+            history=history,
+            done=done,
+            total=10,
+            detail=f"epoch {finished + 1}",
+            **fields,
+        )
+
+    assert not ends_within(snapshot(4, done=9), 1.0)  # epoch 5 of 6: a whole epoch is left
+    assert not ends_within(snapshot(5, done=2), 1.0)  # the last epoch, 1.6 s of it left
+    assert ends_within(snapshot(5, done=6), 1.0)  # the last epoch, 0.8 s left
+    assert ends_within(snapshot(6, stage="evaluating"), 1.0)  # every epoch done: the test figures
+    assert not ends_within(snapshot(0, stage="extracting"), 1.0)
+    assert not ends_within(Snapshot(status="completed", epochs=6), 1.0)
+    assert not ends_within(Snapshot(status="running", stage="starting"), 1.0)  # epochs not known yet

@@ -439,6 +439,22 @@ def progress(snapshot: Snapshot) -> tuple[float, str]:
     return fraction, text
 
 
+def ends_within(snapshot: Snapshot, seconds: float) -> bool:
+    """Whether the run is expected to end within ``seconds``: its planned last epoch is under way (the
+    rest of it, at the mean epoch's pace) or over (the test figures are being computed)."""
+    epochs, finished = snapshot.epochs or 0, len(snapshot.history)
+    if not snapshot.running or not epochs:
+        return False
+    if finished >= epochs:  # every epoch done: the test figures are being computed
+        return True
+    if snapshot.stage != "training" or not finished or finished < epochs - 1:
+        return False
+    in_epoch = snapshot.detail == f"epoch {finished + 1}" and snapshot.total
+    left = 1.0 - (snapshot.done / snapshot.total if in_epoch else 0.0)
+    mean = sum(row.get("seconds") or 0.0 for row in snapshot.history) / finished
+    return left * mean < seconds
+
+
 def integer_epochs(figure: go.Figure, epochs: int) -> go.Figure:
     """Whole-number epoch ticks (plotly would draw 1.5, 2.5 ... for short runs)."""
     return figure.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)))
