@@ -169,14 +169,18 @@ def live(was_running: bool) -> None:
     trainers = state.trainers()
     manager = trainers.active() or trainers.manager(state.checkpoints())
     snapshot = manager.snapshot()
+    ended_here = False
     if snapshot.running and ends_within(snapshot, POLL_SECONDS):
-        # the run ends before the next poll would see it: wait for the end here, so that the page shows it
+        # the run ends before the next poll would see it: wait for the end here, so that the panel shows it
         # at once rather than up to a poll late (a Stop clicked meanwhile lands after this wait, at most a
         # poll, in a run that ends within it anyway)
         manager.join(POLL_SECONDS)
         snapshot = manager.snapshot()
-    if was_running and not snapshot.running:
-        st.rerun()  # finished: refresh the page (form, run list, sidebar) once
+        ended_here = not snapshot.running
+    if was_running and not snapshot.running and not ended_here:
+        # finished: refresh the page (form, run list, sidebar) once; a run that ended during this poll's
+        # wait is drawn below first, and the next poll refreshes the page
+        st.rerun()
     if snapshot.status == "idle":
         return
     with st.container(border=True):
