@@ -105,8 +105,9 @@ def _decide(path: str, key: str, poster: str, decision: str | None) -> None:
 def label_health_view(path: str, labels: LabelConfig, frame: pd.DataFrame, rule: LabelRule) -> None:
     """Run an audit; browse the flagged posters; accept or keep each; download the corrected labels."""
     st.caption(
-        "Every poster is scored by a probe that never saw its labels (5-fold, on cached embeddings); "
-        "confident learning flags the labels that are probably wrong. Decisions are saved beside "
+        "Every poster is scored by a probe that never saw its labels (5-fold, on cached embeddings), "
+        "together with how often posters with the same other genres carry each label; confident "
+        "learning flags the labels that are probably wrong. Decisions are saved beside "
         "posterlab's cache, never in your labels.csv; the Train page can train with them."
     )
     if not _audit_controls(path, labels):
