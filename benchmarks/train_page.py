@@ -5,8 +5,10 @@ posters uploaded, a short probe trained first (imports, backbone export and embe
 session), then the timed run started from the Train page, timed from the Start click (its epochs and
 name typed before it) until the page shows it completed, with the page polling its progress and
 redrawing its curves; ``--repeats`` times (the first computes the frozen part's output, the others read
-it back). The same timed config (read back from the run's ``config.json``) is then trained as many times
-in this process with ``train_run``, after the same warm-up. The figures are medians.
+it back). After each page run the same config (read back from its ``config.json``) trains with
+``train_run`` in a plain process of the pass (after the same warm-up, with a cache of its own), so that
+each pair sees the same machine load (this checkout's posterlab, also beside a ``--before`` app). The figures are medians;
+the ratio is the page's median over the plain one's.
 
 It also runs the page with Streamlit's default ``runner.postScriptGC = true`` (a full ``gc.collect()``
 after every script run, fragments included), which the app's ``.streamlit/config.toml`` turns off.
@@ -161,8 +163,18 @@ def completed(page, name: str, timeout_s: float = 1800) -> None:
     )
 
 
+def refreshed(page) -> None:
+    """Wait for the page run that follows a run's end (the panel shows the end first, the next poll
+    refreshes the page): its notice that a run is training is gone then."""
+    page.wait_for_function(
+        "!document.body.innerText.includes('A run is training;')", polling=100, timeout=60_000
+    )
+    settle(page)
+
+
 def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool, root: Path = ROOT) -> dict:
-    """Warm-up probe, then the timed run, from the Train page; wall time and CPU by process."""
+    """Warm-up probe, then the timed run, from the Train page, each time followed by the same config in a
+    plain process (``Plain``); wall times and CPU by process."""
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
@@ -182,12 +194,13 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
         prepare(page, "warm-up", 2)
         start(page)
         completed(page, "warm-up")
-        settle(page)
+        refreshed(page)
         page.get_by_role("radiogroup", name="Mode").get_by_text(args.mode, exact=True).click()
         settle(page)
         fill(page, "Early-stop patience", str(args.epochs))
         watched = [server.pid]
-        walls, app_cpu, browser_cpu = [], [], []
+        walls, app_cpu, browser_cpu, plain_walls, idle_cpu = [], [], [], [], []
+        plain = Plain(folder / "plain", folder / "checkpoints" / "warm-up")
         for repeat in range(args.repeats):  # the first computes the frozen part's output, the rest read it
             name = "timed" if repeat == 0 else f"timed-{repeat + 1}"
             prepare(page, name, args.epochs)
@@ -199,36 +212,78 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
             walls.append(round(time.monotonic() - started, 1))
             app_cpu.append(round(cpu_seconds(watched) - before[0], 1))
             browser_cpu.append(round(cpu_seconds(pids("chrom")) - before[1], 1))
-            settle(page)
+            refreshed(page)
+            idle = cpu_seconds(watched) + cpu_seconds(pids("chrom"))
+            plain_walls.append(plain(folder / "checkpoints" / name))
+            idle_cpu.append(round(cpu_seconds(watched) + cpu_seconds(pids("chrom")) - idle, 2))
         result = {
             "wall_s": statistics.median(walls),
             "walls_s": walls,
+            "plain_wall_s": statistics.median(plain_walls),
+            "plain_walls_s": plain_walls,
+            "times_plain": round(statistics.median(walls) / statistics.median(plain_walls), 2),
+            # CPU the app and chromium used while the plain runs trained (idle: the page's run had ended)
+            "app_and_browser_cpu_during_plain_s": idle_cpu,
             "app_cpu_s": statistics.median(app_cpu),
             "browser_cpu_s": statistics.median(browser_cpu),
             "app_memory_mib": memory_mib(server.pid),  # with or without a gc.collect() after each run
             "run": str(folder / "checkpoints" / "timed"),
         }
         browser.close()
+        plain.close()
     return result
 
 
-def in_process(run: Path, folder: Path, repeats: int) -> dict:
-    """The page's timed config, trained here after the same warm-up probe (imports and caches warm), with
-    a cache of its own, as each page pass has."""
-    os.environ["POSTERLAB_CACHE_DIR"] = str(folder / "cache")
+class Plain:
+    """The page's timed config trained in a plain process right after each page run, so that each pair sees
+    the same machine load. One process per pass, as the app is one: it trains the same warm-up probe first
+    (imports and caches warm), then each timed config as the page finishes it, in the same order (the
+    first computes the frozen part's output, as the page's first does), with a cache of its own. The
+    browser and the app are idle meanwhile (the page's run has ended)."""
+
+    def __init__(self, folder: Path, warm_up: Path) -> None:
+        """Start the process and wait until it has trained the warm-up (before the page's timed runs, which
+        its start would otherwise slow)."""
+        env = {**os.environ, "POSTERLAB_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, __file__, "--plain-runs", str(folder), str(warm_up)]
+        self.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._reply()
+
+    def __call__(self, run: Path) -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{run}\n")
+        return float(self._reply())
+
+    def _reply(self) -> str:
+        assert self.process.stdout is not None
+        reply = self.process.stdout.readline().strip()
+        if not reply:
+            raise SystemExit(f"the plain process ended (exit code {self.process.wait()})")
+        return reply
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def plain_runs(folder: Path, warm_up: Path) -> None:
+    """``--plain-runs``: train the ``warm_up`` run's config and say so, then for each run folder read from
+    stdin train its config in this process and print the seconds it took."""
     from posterlab.config import RunConfig, from_dict
     from posterlab.runs import read_json
     from posterlab.training.trainer import train_run
 
-    timed = from_dict(RunConfig, read_json(run / "config.json")["run"])
-    warm = from_dict(RunConfig, read_json(run.parent / "warm-up" / "config.json")["run"])
-    train_run(warm, folder)
-    walls = []
-    for repeat in range(repeats):  # the same cold first run and warm repeats as the page's
+    train_run(from_dict(RunConfig, read_json(warm_up / "config.json")["run"]), folder)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        run = Path(line.strip())
+        timed = from_dict(RunConfig, read_json(run / "config.json")["run"])
         started = time.monotonic()
-        train_run(replace(timed, name=f"{timed.name}-plain-{repeat + 1}"), folder)
-        walls.append(round(time.monotonic() - started, 1))
-    return {"wall_s": statistics.median(walls), "walls_s": walls}
+        train_run(replace(timed, name=f"{timed.name}-plain"), folder)
+        print(round(time.monotonic() - started, 1), flush=True)
 
 
 def main() -> int:
@@ -245,7 +300,11 @@ def main() -> int:
     parser.add_argument(
         "--before", help="git revision whose app to run too, interleaved with this one (e.g. main)"
     )
+    parser.add_argument("--plain-runs", nargs=2, metavar=("FOLDER", "WARM_UP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_runs:  # the plain process beside a page pass (see Plain)
+        plain_runs(Path(args.plain_runs[0]), Path(args.plain_runs[1]))
+        return 0
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
     work = Path(tempfile.mkdtemp(prefix="posterlab-train-page-"))
@@ -282,12 +341,7 @@ def main() -> int:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True
             )
-    run = Path(next(iter(result["page"].values()))["run"])
-    result["plain_process"] = in_process(run, work / "plain", args.repeats)
-    print(f"plain process: {result['plain_process']}")
-    plain = result["plain_process"]["wall_s"]
     for name, page in result["page"].items():
-        page["times_plain"] = round(page["wall_s"] / plain, 2)
         print(f"{name}: {page['wall_s']} s through the page, {page['times_plain']}x the plain process")
     result["load_average_end"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
