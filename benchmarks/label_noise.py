@@ -4,6 +4,7 @@ measure how well ``quality`` ranks the corrupted posters first.
 Noise (seeded): on ``--rate`` (5%) of the posters that carry a top-6 genre, either add one top-6 genre the
 poster lacks or remove one it carries (a coin flip; a poster with one top-6 genre can only gain one, since
 removing its only genre would drop it from the labelled set, and one with all six can only lose one).
+``--kind add`` or ``--kind remove`` injects only that kind (removals among posters with two or more).
 Figures: AUROC of ``quality`` for corrupted vs clean posters (1 - quality as the score), and precision
 among the k most suspicious posters (k = the number corrupted; the base rate is ``--rate``). Beside them,
 in the same run: the audit without the posters' other tags (image only), plain self-confidence (the lowest probability of a given side) on the primary view only,
@@ -35,15 +36,23 @@ from posterlab.evaluation.label_health import audit_features, embeddings
 TOP6 = ("Drama", "Comedy", "Romance", "Action", "Thriller", "Horror")
 
 
-def inject(y: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy targets, corrupted mask): on ``rate`` of the rows, one label added or removed."""
+KINDS = ("both", "add", "remove")
+
+
+def inject(y: np.ndarray, rate: float, seed: int, kind: str = "both") -> tuple[np.ndarray, np.ndarray]:
+    """(noisy targets, corrupted mask): on ``rate`` of the rows, one label added or removed (``kind``
+    "both": a coin flip per row), or only added, or only removed (then among rows with two or more)."""
     rng = np.random.default_rng(seed)
     n, k = y.shape
-    rows = rng.choice(n, size=int(round(rate * n)), replace=False)
+    pool = np.nonzero(y.sum(1) >= 2)[0] if kind == "remove" else np.arange(n)
+    rows = rng.choice(pool, size=int(round(rate * n)), replace=False)
     noisy, corrupted = y.copy(), np.zeros(n, bool)
     for row in rows:
         present, absent = np.nonzero(y[row] > 0.5)[0], np.nonzero(y[row] < 0.5)[0]
-        remove = len(present) >= 2 and (len(absent) == 0 or rng.random() < 0.5)
+        if kind == "both":
+            remove = len(present) >= 2 and (len(absent) == 0 or rng.random() < 0.5)
+        else:
+            remove = kind == "remove"
         column = rng.choice(present) if remove else rng.choice(absent)
         noisy[row, column] = 0.0 if remove else 1.0
         corrupted[row] = True
@@ -165,6 +174,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1", help="noise seeds (each a separate injection)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="a random subset (quick checks)")
+    parser.add_argument(
+        "--kind", choices=KINDS, default="both", help="the injected errors: added or removed genres, or both"
+    )
     parser.add_argument("--train", action="store_true", help="also train uncorrected vs corrected probes")
     parser.add_argument("--out", default="benchmarks/results/label_noise.json")
     args = parser.parse_args()
@@ -180,9 +192,10 @@ def main() -> None:
     primary = {name: array for name, array in views.items() if name == fits[0]}
     y = prepared.labelled.y
     print(f"{len(y)} posters, views: {', '.join(views)} ({extraction:.0f} s to read or compute embeddings)")
-    rows, report = [], {"posters": len(y), "views": list(views), "backbone": args.backbone, "seeds": {}}
+    rows, report = [], {"posters": len(y), "views": list(views), "backbone": args.backbone, "kind": args.kind}
+    report["seeds"] = {}
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
-        noisy, corrupted = inject(y, args.rate, seed)
+        noisy, corrupted = inject(y, args.rate, seed, args.kind)
         started = time.monotonic()
         audit = audit_features(with_targets(prepared, noisy), views, args.backbone, args.folds, seed=0)
         seconds = time.monotonic() - started
