@@ -395,6 +395,13 @@ STAGES = {
 }
 
 
+def epoch_part(snapshot: Snapshot) -> float | None:
+    """The share of the current epoch's batches done, from its last batch event (None: no batch event of
+    this epoch yet)."""
+    in_epoch = snapshot.detail == f"epoch {len(snapshot.history) + 1}" and snapshot.total
+    return snapshot.done / snapshot.total if in_epoch else None
+
+
 def progress(snapshot: Snapshot) -> tuple[float, str]:
     """(fraction done, one line saying what the run is doing or how it ended) for a progress bar.
 
@@ -415,11 +422,10 @@ def progress(snapshot: Snapshot) -> tuple[float, str]:
             text += f" ({snapshot.reason})"
         return fraction, f"{text} · took {elapsed(snapshot.elapsed)}"
     if snapshot.stage == "training" and epochs:
-        in_epoch = snapshot.detail == f"epoch {finished + 1}" and snapshot.total  # a batch event
-        part = snapshot.done / snapshot.total if in_epoch else 0.0
-        fraction = min(1.0, (finished + part) / epochs)
+        part = epoch_part(snapshot)
+        fraction = min(1.0, (finished + (part or 0.0)) / epochs)
         text = f"epoch {min(finished + 1, epochs)}/{epochs}" + (
-            f" · batch {snapshot.done}/{snapshot.total}" if in_epoch else ""
+            f" · batch {snapshot.done}/{snapshot.total}" if part is not None else ""
         )
     else:
         fraction = min(1.0, snapshot.done / snapshot.total) if snapshot.total else 0.0
@@ -449,8 +455,7 @@ def ends_within(snapshot: Snapshot, seconds: float) -> bool:
         return True
     if snapshot.stage != "training" or not finished or finished < epochs - 1:
         return False
-    in_epoch = snapshot.detail == f"epoch {finished + 1}" and snapshot.total
-    left = 1.0 - (snapshot.done / snapshot.total if in_epoch else 0.0)
+    left = 1.0 - (epoch_part(snapshot) or 0.0)
     mean = sum(row.get("seconds") or 0.0 for row in snapshot.history) / finished
     return left * mean < seconds
 
