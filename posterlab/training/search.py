@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from posterlab.training.study import (
     fail_orphans,
     fail_stale,
     finished_trials,
+    mark_worker,
     open_study,
     running_trials,
     shown_url,
@@ -225,7 +224,7 @@ def _optimize(study: optuna.Study, trials: _Trials, config: TrainConfig, control
             name: trial.suggest_float(name, low, high, log=log_scale)
             for name, (low, high, log_scale) in ranges.items()
         }
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        mark_worker(study, trial)
         trial.set_user_attr("folds", len(trials.folds))
         dist.broadcast(("trial", params))
         try:

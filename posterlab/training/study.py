@@ -285,6 +285,17 @@ def study_figures(study: optuna.Study) -> tuple[dict[str, Any], str]:
     return charts, note
 
 
+def mark_worker(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark ``trial`` as this process's (its objective has begun), after writing its first heartbeat:
+    Optuna's heartbeat thread starts beside the objective and may not have written yet, and a marked
+    trial without a heartbeat is seen by neither ``fail_stale`` (no heartbeat) nor ``fail_orphans``
+    (marked), so a process killed right then would keep every other worker waiting for ever."""
+    store = study._storage  # Optuna gives no public handle on a study's storage
+    if getattr(store, "get_heartbeat_interval", lambda: None)():  # an RDB storage with heartbeats
+        store.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+
+
 def fail_stale(study: optuna.Study) -> None:
     """Fail (and queue again) the running trials whose process stopped sending heartbeats."""
     from optuna.storages import fail_stale_trials

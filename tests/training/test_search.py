@@ -154,6 +154,23 @@ def test_a_killed_workers_trial_is_run_again_by_another(tmp_path):
     assert len(retried) == 1 and retried[0].params == killed.params
 
 
+def test_a_marked_trial_always_has_a_heartbeat_so_it_can_go_stale(tmp_path):
+    """A process killed right after marking its trial, before Optuna's heartbeat thread wrote, left a trial
+    neither stale (no heartbeat) nor orphaned (marked): every other worker waited for ever (CI saw it)."""
+    from optuna.storages import RDBStorage
+
+    from posterlab.training.study import fail_stale, mark_worker
+
+    store = RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=60, grace_period=1)
+    study = optuna.create_study(storage=store, study_name="s")
+    trial = study.ask()  # no heartbeat thread: the process "dies" right after the mark
+    mark_worker(study, trial)
+    assert "worker" in study.trials[trial.number].user_attrs
+    time.sleep(1.5)
+    fail_stale(study)
+    assert study.trials[trial.number].state.name == "FAIL"
+
+
 def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
     """A process that dies between taking a trial and starting it leaves no heartbeat, so Optuna never
     calls the trial stale: posterlab fails it after twice the grace period and queues its parameters."""
