@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -101,9 +102,25 @@ def settle(page: Page, timeout: float = 120_000) -> None:
     )
 
 
-def go(page: Page, name: str) -> None:
-    """Open a page from the navigation at the top and wait for it."""
-    page.get_by_test_id("stTopNavLink").filter(has_text=name).first.click()
+def go(page: Page, name: str, attempts: int = 6) -> None:
+    """Open a page from the navigation at the top and wait for it.
+
+    A click that lands while the app is still connecting can be dropped (CI saw the page stay on Home
+    for 400 s), so the click is repeated until the address shows the page.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    link = page.get_by_test_id("stTopNavLink").filter(has_text=name).first
+    slug = (link.get_attribute("href") or "").rstrip("/").rsplit("/", 1)[-1]
+    for _ in range(attempts):
+        link.click()
+        try:
+            page.wait_for_url(lambda url: urlsplit(url).path.rstrip("/").endswith("/" + slug), timeout=20_000)
+            break
+        except PlaywrightTimeout:  # the click was dropped: click again
+            continue
+    else:
+        pytest.fail(f"the {name} link did not open {slug!r} after {attempts} clicks; at {page.url}")
     settle(page)
 
 
