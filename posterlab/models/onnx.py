@@ -31,6 +31,7 @@ import uuid
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,13 @@ def _import_openvino():
     return openvino
 
 
+def _compiled_cache() -> Path:
+    """Where OpenVINO keeps compiled networks: beside the exports (a copy of that folder keeps both)."""
+    path = settings.cache_dir() / "onnx" / "openvino"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO on the CPU in f32. With ``streams`` > 1, ``map`` keeps that many infer requests in flight,
     each on one thread of its own: one per core keeps every core on the model while the main thread hands
@@ -263,6 +271,11 @@ class OpenVinoEngine(Engine):
             # the loader's processes share these cores: threads pinned to a core would wait for it
             "ENABLE_CPU_PINNING": False,
         }
+        try:  # the compiled network is kept, keyed by OpenVINO on the graph's content (not its path), the
+            # config and its version: the next opening reads it back (Lite0: 0.035 s against 0.12 s)
+            core.set_property({"CACHE_DIR": str(_compiled_cache())})
+        except (OSError, RuntimeError) as error:
+            log.info("OpenVINO compiles without a cache (%s)", one_line(error))
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request: a Predictor shared between threads takes turns
@@ -339,6 +352,19 @@ def difference(engine: Engine, module: nn.Module, batch: torch.Tensor) -> float:
     return float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
 
 
+def _one_thread_outputs(module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """torch's outputs computed on one thread. The check runs beside the engine's compiling and the
+    loader's decoding: torch's threads, each waiting for the others, slowed it from 0.13 s to 0.57 s when
+    the loader had a core busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            return module(batch).float()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def check_batch(example: torch.Tensor) -> torch.Tensor:
     """Other content and another batch size than the traced example: a value the tracer froze into a
     constant, or a fixed batch size, shows up here."""
@@ -411,16 +437,15 @@ def frozen_engine(
         log.info("frozen part not exported to ONNX (%s); extracting with torch", one_line(error))
         return None
     check = check_batch(example)
-    with torch.inference_mode():
-        expected = frozen(check).float()
-    limit = tolerance_for(expected)
     best: tuple[float, Engine, int] | None = None
     timings = []
     memory = _choice_file(path, names, threads, streams) if identity else None
     chosen = _read_choice(memory, names)
     if chosen is not None:  # measured by an earlier extraction of this export on this machine
         names = [chosen["engine"]]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="torch-check")
     try:
+        soon = pool.submit(_one_thread_outputs, frozen, check)  # while the engine compiles
         for name in names:
             try:
                 engine = open_engine(path, name, threads, streams=streams)
@@ -428,6 +453,8 @@ def frozen_engine(
             except Exception as error:
                 log.info("%s failed on the frozen part (%s)", NAMES[name], one_line(error))
                 continue
+            expected = soon.result()
+            limit = tolerance_for(expected)
             gap = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
             if not int8 and not gap <= limit:  # also catches NaN
                 log.info("%s differs from torch by %.2g on a check batch; not used", NAMES[name], gap)
@@ -443,6 +470,7 @@ def frozen_engine(
                 if best is None or seconds < best[0]:
                     best = (seconds, engine, chunk)
     finally:
+        pool.shutdown()
         if not identity:
             path.unlink(missing_ok=True)
     if best is None:

@@ -119,6 +119,36 @@ def test_the_choice_is_measured_once_per_export(backbone, example, monkeypatch, 
     assert frozen_engine(backbone, example, identity="choice-test|").name == ONNXRUNTIME
 
 
+@openvino_only
+def test_openvino_keeps_the_compiled_network_for_the_next_opening(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("POSTERLAB_CACHE_DIR", str(tmp_path / "cache"))
+    compiled = tmp_path / "cache" / "onnx" / "openvino"
+    open_engine(exported, OPENVINO, threads=1)
+    kept = sorted(compiled.iterdir())
+    assert kept, "OpenVINO kept no compiled network"
+    moved = tmp_path / "elsewhere" / "copy.onnx"  # a copied cache: the key is the graph, not its path
+    moved.parent.mkdir()
+    moved.write_bytes(exported.read_bytes())
+    engine = open_engine(moved, OPENVINO, threads=1)
+    assert sorted(compiled.iterdir()) == kept
+    assert engine.run(np.zeros((2, 3, 64, 64), dtype=np.float32)).shape[0] == 2
+
+
+def test_the_torch_check_runs_on_one_thread_and_leaves_torch_as_it_was(backbone, example):
+    """The check runs beside the engine's compiling: on torch's usual threads it slowed 4x. Afterwards
+    torch has its threads back (a leaked 1 would slow every later forward pass in the process)."""
+    frozen_engine(backbone, example, identity="threads-test|")  # exported here; cached below
+    seen: list[int] = []
+    hook = backbone.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    try:
+        assert frozen_engine(backbone, example, identity="threads-test|") is not None
+    finally:
+        hook.remove()
+    assert seen == [1]
+    assert torch.get_num_threads() == threads
+
+
 def test_no_engine_that_matches_means_torch(backbone, example, monkeypatch):
     for kind in onnx.KINDS.values():
         monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
