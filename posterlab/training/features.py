@@ -367,11 +367,8 @@ def _inputs(
     # posters per loader step; on a CPU the engine splits them into chunks of a measured size
     size = rt.batch_size or (128 if rt.device.type == "cuda" else max(2, 16 // len(job.views)))
     pin = rt.device.type == "cuda"
-    # on a CPU the workers decode well ahead while the engine opens (a core is idle then): 8 batches
-    # are ~0.25 s of one core's decoding and ~80 MB of shared memory
-    ahead = {"prefetch_factor": 8 if rt.device.type == "cpu" else 2} if workers else {}
     for batch in DataLoader(
-        _Images(paths, preprocesses), batch_size=size, num_workers=workers, pin_memory=pin, **ahead
+        _Images(paths, preprocesses), batch_size=size, num_workers=workers, pin_memory=pin
     ):
         rt.control.check()
         batch = batch.to(rt.device, non_blocking=True)
