@@ -117,7 +117,7 @@ def bounds(subset: Path, env_cache: Path) -> dict:
     with torch.inference_mode():
         for name in onnx.installed():
             os.environ["POSTERLAB_ENGINE"] = name
-            engine = onnx.frozen_engine(backbone, batches[0], "speed-bench|", threads=1)
+            engine = onnx.frozen_engine(lambda: backbone, batches[0], "speed-bench|", threads=1)
             engine.run(batches[0].numpy())
             started = time.perf_counter()
             for batch in batches:
@@ -167,7 +167,9 @@ def _bound_with_every_core_busy(dataset, batches: list, backbone, cores: int) ->
     with torch.inference_mode():
         for name in onnx.installed():
             os.environ["POSTERLAB_ENGINE"] = name
-            engine = onnx.frozen_engine(backbone, batches[0], "speed-bench|", threads=cores, streams=cores)
+            engine = onnx.frozen_engine(
+                lambda: backbone, batches[0], "speed-bench|", threads=cores, streams=cores
+            )
             list(engine.map((0, batch.numpy()) for batch in batches[:2]))
             started = time.perf_counter()
             list(engine.map((0, batch.numpy()) for batch in batches))

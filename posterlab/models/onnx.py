@@ -30,8 +30,8 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +119,11 @@ def _quantize(path: Path, example: torch.Tensor) -> None:
     prepared.unlink(missing_ok=True)
 
 
-def cached_export(frozen: nn.Module, example: torch.Tensor, identity: str, int8: bool = False) -> Path:
-    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now.
+def cached_export(
+    build: Callable[[], nn.Module], example: torch.Tensor, identity: str, int8: bool = False
+) -> Path:
+    """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now (the
+    part is built, by ``build``, only then).
 
     Keyed by the part's identity (backbone, weights, boundary), the torch version and the input shape;
     without an identity the file is a temporary one the caller deletes."""
@@ -137,7 +140,7 @@ def cached_export(frozen: nn.Module, example: torch.Tensor, identity: str, int8:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{key}.{uuid.uuid4().hex[:8]}.onnx"
-    torchscript_onnx(frozen, example, temporary, output="features")
+    torchscript_onnx(build(), example, temporary, output="features")
     if int8:
         _quantize(temporary, example)
     if not identity:
@@ -411,32 +414,53 @@ def _write_choice(memory: Path, chosen: dict) -> None:
     os.replace(temporary, memory)
 
 
+def _reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The check batch and torch's outputs on it, kept beside a cached export (None if absent)."""
+    try:
+        with np.load(path.with_suffix(".check.npz"), allow_pickle=False) as kept:
+            return torch.from_numpy(kept["inputs"]), torch.from_numpy(kept["outputs"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _keep_reference(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> None:
+    target = path.with_suffix(".check.npz")
+    temporary = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.npz")
+    np.savez(temporary, inputs=inputs.numpy(), outputs=outputs.numpy())
+    os.replace(temporary, target)
+
+
 def frozen_engine(
-    frozen: nn.Module,
+    build: Callable[[], nn.Module],
     example: torch.Tensor,
     identity: str = "",
     threads: int = 1,
     int8: bool = False,
     streams: int = 1,
 ) -> Engine | None:
-    """``frozen`` exported to ONNX (cached by ``identity``) on the fastest engine that matches torch.
+    """The frozen part (built by ``build`` when needed) exported to ONNX (cached by ``identity``), on the
+    fastest engine that matches torch.
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (and ``streams`` parallel requests where it has them), checked against torch on a batch it was not
     traced on, and timed on ``example`` in chunks of 4 and 8; the fastest (engine, chunk) is returned, and
     remembered beside a cached export, so later extractions on this machine open that engine only.
-    None when the part cannot be exported or no engine matches it (then the caller keeps torch). An int8
-    export runs on ONNX Runtime only and is checked for running, not for matching: it is meant to differ.
+    The check batch and torch's outputs on it are kept beside a cached export too: a later extraction
+    checks its engine against them without building the part in torch (importing timm and building
+    Lite0 took 1.2-1.5 s of a 400-poster extraction). None when the part cannot be exported or no engine
+    matches it (then the caller keeps torch). An int8 export runs on ONNX Runtime only and is checked
+    for running, not for matching: it is meant to differ.
     """
     names = [n for n in candidates() if not int8 or n == ONNXRUNTIME]
     if not names:
         return None
     try:
-        path = cached_export(frozen, example, identity, int8)
+        path = cached_export(build, example, identity, int8)
     except Exception as error:  # exporters reject some models; torch still runs them
         log.info("frozen part not exported to ONNX (%s); extracting with torch", one_line(error))
         return None
-    check = check_batch(example)
+    kept = _reference(path) if identity else None
+    check = kept[0] if kept is not None else check_batch(example)
     best: tuple[float, Engine, int] | None = None
     timings = []
     memory = _choice_file(path, names, threads, streams) if identity else None
@@ -445,7 +469,11 @@ def frozen_engine(
         names = [chosen["engine"]]
     pool = ThreadPoolExecutor(1, thread_name_prefix="torch-check")
     try:
-        soon = pool.submit(_one_thread_outputs, frozen, check)  # while the engine compiles
+        soon: Future[torch.Tensor] = Future()
+        if kept is not None:
+            soon.set_result(kept[1])
+        else:  # torch's outputs, computed while the engine compiles
+            soon = pool.submit(_one_thread_outputs, build(), check)
         for name in names:
             try:
                 engine = open_engine(path, name, threads, streams=streams)
@@ -477,6 +505,8 @@ def frozen_engine(
         log.info("no ONNX engine matches the frozen part; extracting with torch")
         return None
     _, engine, engine.chunk = best
+    if identity and kept is None:  # an engine matched, so torch's outputs are there to keep
+        _keep_reference(path, check, soon.result())
     if memory is not None and chosen is None and len(timings) > 2:  # remember a real choice
         _write_choice(memory, {"engine": engine.name, "chunk": engine.chunk, "timings": timings})
     log.info(

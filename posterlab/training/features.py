@@ -325,10 +325,9 @@ def _extract(
 
     On a CPU the loader's processes decode the next posters while the engine runs the current ones (with
     OpenVINO, one infer request per core in flight), so decoding and the model share both cores."""
-    frozen = job.module().eval().to(rt.device)
     workers = rt.workers if rt.workers >= 0 else default_workers(rt.device)
     started, done, saved = time.monotonic(), 0, 0
-    outputs, engine = _outputs(job, frozen, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
+    outputs, engine = _outputs(job, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
     fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
     for count, output in outputs:
         for key, part in zip(job.keys, output.split(count), strict=True):
@@ -379,20 +378,18 @@ def _inputs(
 
 
 def _outputs(
-    job: Extraction, frozen: nn.Module, stream: Iterator[tuple[int, torch.Tensor]], rt: Runtime, workers: int
+    job: Extraction, stream: Iterator[tuple[int, torch.Tensor]], rt: Runtime, workers: int
 ) -> tuple[Iterator[tuple[int, torch.Tensor]], Engine | None]:
     """(posters, the frozen part's outputs) per batch of ``stream``, and the engine that computes them: on
-    a CPU the fastest ONNX engine that matches torch (opened on the first batch), else torch itself."""
-    channels_last = rt.device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
-    if channels_last:
-        frozen = frozen.to(memory_format=torch.channels_last)
+    a CPU the fastest ONNX engine that matches torch (opened on the first batch; the part is built in
+    torch only if its export or torch's check outputs are not cached yet), else torch itself."""
     first = next(stream, None)
     engine = None
     if first is not None and rt.device.type == "cpu":
         # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
         # runs one per core, each on one thread, and shares every core with the loader as each needs
         engine = frozen_engine(
-            frozen,
+            lambda: job.module().eval(),
             first[1],
             job.identity,
             threads=max(1, usable_cores() - workers),
@@ -403,6 +400,11 @@ def _outputs(
     if engine is not None:
         mapped = engine.map((count, x.numpy()) for count, x in stream)
         return ((count, torch.from_numpy(out)) for count, out in mapped), engine
+
+    frozen = job.module().eval().to(rt.device)
+    channels_last = rt.device.type == "cuda" or job.views[0].preprocess.input_size[1] >= 64
+    if channels_last:
+        frozen = frozen.to(memory_format=torch.channels_last)
 
     def through_torch() -> Iterator[tuple[int, torch.Tensor]]:
         for count, stacked in stream:

@@ -49,7 +49,7 @@ def test_the_requested_engine_is_the_only_candidate(monkeypatch):
 def test_without_openvino_extraction_takes_onnx_runtime(backbone, example, monkeypatch):
     monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
     monkeypatch.setattr(onnx, "installed", lambda: [ONNXRUNTIME])  # as on a machine without the wheel
-    engine = frozen_engine(backbone, example)
+    engine = frozen_engine(lambda: backbone, example)
     assert engine is not None and engine.name == ONNXRUNTIME
 
 
@@ -92,7 +92,7 @@ def test_an_engine_that_disagrees_is_dropped_for_the_other(backbone, example, mo
         onnx.OpenVinoEngine, "_infer", lambda self, part: np.full((len(part), 8), 5.0, np.float32)
     )
     with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
-        engine = frozen_engine(backbone, example)
+        engine = frozen_engine(lambda: backbone, example)
     assert engine is not None and engine.name == ONNXRUNTIME
     assert "OpenVINO differs from torch" in caplog.text
 
@@ -103,20 +103,20 @@ def test_the_faster_engine_is_chosen(slow, backbone, example, monkeypatch):
     monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
     # the measurement, not wall-clock time on a shared machine, decides: the slow engine measures 10x
     monkeypatch.setattr(onnx, "_speed", lambda engine, batch: 0.1 if engine.name == slow else 0.01)
-    engine = frozen_engine(backbone, example)
+    engine = frozen_engine(lambda: backbone, example)
     assert engine is not None and engine.name != slow
 
 
 @openvino_only
 def test_the_choice_is_measured_once_per_export(backbone, example, monkeypatch, caplog):
     monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
-    first = frozen_engine(backbone, example, identity="choice-test|")
+    first = frozen_engine(lambda: backbone, example, identity="choice-test|")
     with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
-        again = frozen_engine(backbone, example, identity="choice-test|")
+        again = frozen_engine(lambda: backbone, example, identity="choice-test|")
     assert (again.name, again.chunk) == (first.name, first.chunk)
     assert "as measured before" in caplog.text
     monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # another set of engines measures afresh
-    assert frozen_engine(backbone, example, identity="choice-test|").name == ONNXRUNTIME
+    assert frozen_engine(lambda: backbone, example, identity="choice-test|").name == ONNXRUNTIME
 
 
 @openvino_only
@@ -137,22 +137,46 @@ def test_openvino_keeps_the_compiled_network_for_the_next_opening(exported, tmp_
 def test_the_torch_check_runs_on_one_thread_and_leaves_torch_as_it_was(backbone, example):
     """The check runs beside the engine's compiling: on torch's usual threads it slowed 4x. Afterwards
     torch has its threads back (a leaked 1 would slow every later forward pass in the process)."""
-    frozen_engine(backbone, example, identity="threads-test|")  # exported here; cached below
     seen: list[int] = []
-    hook = backbone.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    hook = backbone.register_forward_hook(
+        lambda *_: None if torch.jit.is_tracing() else seen.append(torch.get_num_threads())
+    )
     threads = torch.get_num_threads()
     try:
-        assert frozen_engine(backbone, example, identity="threads-test|") is not None
+        assert frozen_engine(lambda: backbone, example) is not None
     finally:
         hook.remove()
     assert seen == [1]
     assert torch.get_num_threads() == threads
 
 
+def test_a_cached_export_is_checked_against_kept_torch_outputs_without_building_the_part(
+    backbone, example, monkeypatch, caplog
+):
+    builds = []
+
+    def build() -> torch.nn.Module:
+        builds.append(1)
+        return backbone
+
+    first = frozen_engine(build, example, identity="kept-check-test|")
+    assert first is not None and len(builds) >= 1
+    builds.clear()
+    again = frozen_engine(build, example, identity="kept-check-test|")
+    assert again is not None and builds == []  # no torch: timm's import and the build took 1.2-1.5 s
+    assert onnx.difference(again, backbone, example[:2]) <= onnx.tolerance_for(backbone(example[:2]))
+
+    for kind in onnx.KINDS.values():  # an engine that went wrong is still caught, by the kept outputs
+        monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
+    with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):
+        assert frozen_engine(build, example, identity="kept-check-test|") is None
+    assert "differs from torch" in caplog.text and builds == []
+
+
 def test_no_engine_that_matches_means_torch(backbone, example, monkeypatch):
     for kind in onnx.KINDS.values():
         monkeypatch.setattr(kind, "_infer", lambda self, part: np.zeros((len(part), 8), np.float32) + 5.0)
-    assert frozen_engine(backbone, example) is None
+    assert frozen_engine(lambda: backbone, example) is None
 
 
 @pytest.mark.skipif(OPENVINO not in onnx.installed(), reason="OpenVINO is not installed")

@@ -135,4 +135,4 @@ def test_a_runner_that_disagrees_with_torch_is_refused(backbone, monkeypatch):
     monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # the fallback when OpenVINO is not installed
     monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
     with torch.inference_mode():
-        assert features.frozen_engine(backbone, example) is None
+        assert features.frozen_engine(lambda: backbone, example) is None
