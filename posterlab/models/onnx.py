@@ -252,8 +252,9 @@ def _compiled(ov, core, path: Path, config: dict):
     The cache sits beside the exports (a copy of that folder keeps both), keyed by the graph's bytes (not
     its path), the config and OpenVINO's version. posterlab keeps the file itself rather than setting
     OpenVINO's ``CACHE_DIR``: OpenVINO writes its blob in place and maps it, so a process opening the
-    engine while another wrote it died of SIGBUS (3 of 36 processes opened six at a time). Here a blob is
-    written whole and renamed into place, read whole, and one that does not load is compiled again."""
+    engine while another wrote it died of SIGBUS (3 of 36 processes opened six at a time; a fourth
+    failed with an error). Here a blob is written whole and renamed into place, read whole, and one that
+    does not load is compiled again."""
     payload = {
         "graph": hashlib.sha256(path.read_bytes()).hexdigest(),
         "config": {name: str(value) for name, value in config.items()},
