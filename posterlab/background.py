@@ -11,9 +11,10 @@ The registry is process-wide on purpose: threads are.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +48,31 @@ def _drain() -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             log.warning("%s still running at exit", thread.name)
+
+
+_threads_lock = threading.Lock()
+_one_thread_blocks = 0
+_threads_before = 0
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block: for small work beside busy cores, where torch's
+    threads wait for each other (a check batch beside an engine's compiling, a label audit's fits).
+    torch's count is process-wide, so it is restored when the last such block in the process ends: a
+    get/set/restore in each of two overlapping blocks would leave the process on one thread."""
+    import torch
+
+    global _one_thread_blocks, _threads_before
+    with _threads_lock:
+        if _one_thread_blocks == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread_blocks += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _one_thread_blocks -= 1
+            if _one_thread_blocks == 0:
+                torch.set_num_threads(_threads_before)

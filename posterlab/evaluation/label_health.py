@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from posterlab.background import one_torch_thread
 from posterlab.config import DataConfig
 from posterlab.data.labels import LabelRule, one_hot
 from posterlab.data.prepare import Prepared
@@ -89,14 +90,10 @@ def out_of_fold(
         raise DataError(f"a label audit needs at least {max(MIN_POSTERS, folds)} labelled posters (got {n})")
     fold_of = _folds(y, folds, seed, multilabel)
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
     # one thread: these fits are small matrix products, which several threads slow down on a busy CPU
-    # (measured 0.6 s vs 48 s for a 100-poster audit on two shared cores); restored below
-    torch.set_num_threads(1)
-    try:
+    # (measured 0.6 s vs 48 s for a 100-poster audit on two shared cores)
+    with one_torch_thread():
         return _out_of_fold(views, y, multilabel, folds, l2, context, on_fold, fold_of)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _out_of_fold(views, y, multilabel, folds, l2, context, on_fold, fold_of) -> np.ndarray:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from posterlab import settings
+from posterlab.background import one_torch_thread
 from posterlab.errors import ModelError, one_line
 
 log = logging.getLogger(__name__)
@@ -383,13 +384,8 @@ def _one_thread_outputs(module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """torch's outputs computed on one thread. The check runs beside the engine's compiling and the
     loader's decoding: torch's threads, each waiting for the others, slowed it from 0.13 s to 0.57 s when
     the loader had a core busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            return module(batch).float()
-    finally:
-        torch.set_num_threads(threads)
+    with one_torch_thread(), torch.inference_mode():
+        return module(batch).float()
 
 
 def check_batch(example: torch.Tensor) -> torch.Tensor:

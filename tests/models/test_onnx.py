@@ -241,3 +241,36 @@ def test_processes_opening_one_engine_at_once_all_run_it(exported, tmp_path):
     ]
     failures = [p.stderr.read().decode()[-300:] for p in processes if p.wait(timeout=120) != 0]
     assert failures == []
+
+
+def test_overlapping_one_thread_blocks_give_torch_its_threads_back():
+    """Two threads in one process (a training's check batch, a label audit) overlap their one-thread
+    blocks: a get/set/restore in each, interleaved, would leave the process on one thread for good."""
+    import threading
+
+    from posterlab.background import one_torch_thread
+
+    threads = torch.get_num_threads()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside_second: list[int] = []
+
+    def first() -> None:
+        with one_torch_thread():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with one_torch_thread():
+            second_in.set()
+            first_out.wait(10)
+            inside_second.append(torch.get_num_threads())
+
+    workers = [threading.Thread(target=first), threading.Thread(target=second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+    assert inside_second == [1]  # the first block's end leaves the second on one thread
+    assert torch.get_num_threads() == threads
