@@ -57,22 +57,29 @@ _threads_before = 0
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """torch on one intra-op thread inside the block: for small work beside busy cores, where torch's
-    threads wait for each other (a check batch beside an engine's compiling, a label audit's fits).
-    torch's count is process-wide, so it is restored when the last such block in the process ends: a
-    get/set/restore in each of two overlapping blocks would leave the process on one thread."""
+    """torch on one intra-op thread, in the calling thread, inside the block: for small work beside busy
+    cores, where torch's threads wait for each other (a check batch beside an engine's compiling, a label
+    audit's fits).
+
+    torch's count (OpenMP) is each thread's own, and also the count a thread started later begins with.
+    So a block sets 1 in its thread, and on leaving puts its thread back to the count from before the
+    first open block, which is also the count new threads start with again. A get/set/restore in each
+    block would not do: a thread started inside another thread's block begins at 1, and would restore 1
+    for itself and for every thread started after it."""
     import torch
 
     global _one_thread_blocks, _threads_before
     with _threads_lock:
+        # a thread's first call reads the count new threads start with; its first torch operation would
+        # otherwise do so later, over the 1 set here, if another block had ended in between
+        count = torch.get_num_threads()
         if _one_thread_blocks == 0:
-            _threads_before = torch.get_num_threads()
-            torch.set_num_threads(1)
+            _threads_before = count
         _one_thread_blocks += 1
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         with _threads_lock:
             _one_thread_blocks -= 1
-            if _one_thread_blocks == 0:
-                torch.set_num_threads(_threads_before)
+            torch.set_num_threads(_threads_before)

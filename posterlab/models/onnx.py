@@ -127,11 +127,12 @@ def cached_export(
     """The exported (and, when asked, int8-quantised) frozen part, from the cache or exported now (the
     part is built, by ``build``, only then).
 
-    Keyed by the part's identity (backbone, weights, boundary), the torch version and the input shape;
-    without an identity the file is a temporary one the caller deletes."""
+    Keyed by the part's identity (backbone, weights, boundary), the torch and timm versions and the input
+    shape; without an identity the file is a temporary one the caller deletes."""
     payload = {
         "identity": identity,
         "torch": torch.__version__,
+        "timm": importlib.metadata.version("timm"),  # a hub name's default weights can change with it
         "input": list(example.shape[1:]),
         "int8": int8,
     }
@@ -251,7 +252,7 @@ def _compiled(ov, core, path: Path, config: dict):
     before (Lite0: 0.035-0.056 s against 0.12-0.15 s to compile), else compiled and kept there.
 
     The cache sits beside the exports (a copy of that folder keeps both), keyed by the graph's bytes (not
-    its path), the config and OpenVINO's version. posterlab keeps the file itself rather than setting
+    its path), the config, OpenVINO's version and the CPU. posterlab keeps the file itself rather than setting
     OpenVINO's ``CACHE_DIR``: OpenVINO writes its blob in place and maps it, so a process opening the
     engine while another wrote it died of SIGBUS (3 of 36 processes opened six at a time; a fourth
     failed with an error). Here a blob is written whole and renamed into place, read whole, and one that
@@ -260,6 +261,7 @@ def _compiled(ov, core, path: Path, config: dict):
         "graph": hashlib.sha256(path.read_bytes()).hexdigest(),
         "config": {name: str(value) for name, value in config.items()},
         "openvino": ov.get_version(),
+        "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),  # a cache folder copied to another machine
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
     blob = settings.cache_dir() / "onnx" / "openvino" / f"{key}.blob"
@@ -439,15 +441,25 @@ def _reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     try:
         with np.load(path.with_suffix(".check.npz"), allow_pickle=False) as kept:
             return torch.from_numpy(kept["inputs"]), torch.from_numpy(kept["outputs"])
-    except (OSError, KeyError, ValueError):
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # a damaged file (BadZipFile, EOFError, ...) is computed again
+        log.info(
+            "check outputs beside %s not read (%s); computing them with torch", path.name, one_line(error)
+        )
         return None
 
 
 def _keep_reference(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> None:
     target = path.with_suffix(".check.npz")
     temporary = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.npz")
-    np.savez(temporary, inputs=inputs.numpy(), outputs=outputs.numpy())
-    os.replace(temporary, target)
+    try:
+        np.savez(temporary, inputs=inputs.numpy(), outputs=outputs.numpy())
+        os.replace(temporary, target)
+    except OSError as error:  # a read-only or full cache: the next extraction checks with torch again
+        log.info("check outputs not kept (%s)", one_line(error))
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 def frozen_engine(
@@ -521,6 +533,10 @@ def frozen_engine(
         pool.shutdown()
         if not identity:
             path.unlink(missing_ok=True)
+    if best is None and kept is not None:  # kept outputs that no engine matches: check with torch itself
+        log.info("no engine matches the kept check outputs; checking against torch again")
+        path.with_suffix(".check.npz").unlink(missing_ok=True)
+        return frozen_engine(build, example, identity, threads, int8, streams)
     if best is None:
         log.info("no ONNX engine matches the frozen part; extracting with torch")
         return None

@@ -136,3 +136,28 @@ def test_a_runner_that_disagrees_with_torch_is_refused(backbone, monkeypatch):
     monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
     with torch.inference_mode():
         assert features.frozen_engine(lambda: backbone, example) is None
+
+
+def test_new_posters_after_a_cached_export_never_build_the_part(
+    backbone, poster_paths, tmp_path, monkeypatch
+):
+    """A later extraction (new posters, a backbone exported before) checks its engine against the torch
+    outputs kept beside the export: the frozen part is never built (for Lite0: importing timm, building it)."""
+    monkeypatch.setenv("POSTERLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("POSTERLAB_ENGINE", raising=False)
+    views = views_for(Preprocess.for_model(backbone), ("crop",), flips=False)
+    first, later = (
+        Extraction(lambda: backbone, views, ["key-crop"], about="embeddings", identity="later-test|")
+        for _ in range(2)
+    )
+    runtime, store = Runtime(torch.device("cpu"), workers=0), FeatureStore(tmp_path / "store")
+    compute_features(first, [str(p) for p in poster_paths[:6]], [f"a{i}" for i in range(6)], runtime, store)
+    assert first.built
+    paths = [str(p) for p in poster_paths[6:12]]
+    tables = compute_features(later, paths, [f"b{i}" for i in range(6)], runtime, store)
+    assert not later.built
+    monkeypatch.setattr(features, "frozen_engine", lambda *args, **kwargs: None)
+    plain = compute_features(
+        first, paths, [f"c{i}" for i in range(6)], runtime, FeatureStore(tmp_path / "torch")
+    )
+    np.testing.assert_allclose(tables["crop"].to_array(), plain["crop"].to_array(), atol=1e-4, rtol=1e-4)
