@@ -462,6 +462,25 @@ def _keep_reference(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> 
             temporary.unlink(missing_ok=True)
 
 
+def _opened_and_checked(
+    path: Path, name: str, threads: int, streams: int, check: torch.Tensor, expected: Future, int8: bool
+) -> Engine | None:
+    """Engine ``name`` on the export ``path`` if it runs ``check`` and matches torch's outputs on it
+    (``expected``, which may still be computing); None, logged, if not. An int8 export only has to run."""
+    try:
+        engine = open_engine(path, name, threads, streams=streams)
+        got = torch.from_numpy(engine.run(check.numpy()))
+    except Exception as error:
+        log.info("%s failed on the frozen part (%s)", NAMES[name], one_line(error))
+        return None
+    wanted = expected.result()
+    gap = float((got - wanted).abs().max()) if got.shape == wanted.shape else float("inf")
+    if not int8 and not gap <= tolerance_for(wanted):  # also catches NaN
+        log.info("%s differs from torch by %.2g on a check batch; not used", NAMES[name], gap)
+        return None
+    return engine
+
+
 def frozen_engine(
     build: Callable[[], nn.Module],
     example: torch.Tensor,
@@ -470,18 +489,16 @@ def frozen_engine(
     int8: bool = False,
     streams: int = 1,
 ) -> Engine | None:
-    """The frozen part (built by ``build`` when needed) exported to ONNX (cached by ``identity``), on the
-    fastest engine that matches torch.
+    """The frozen part (built by ``build`` only when needed) exported to ONNX (cached by ``identity``), on
+    the fastest engine that matches torch; None when it cannot be exported or none matches (then the
+    caller keeps torch).
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
-    (and ``streams`` parallel requests where it has them), checked against torch on a batch it was not
-    traced on, and timed on ``example`` in chunks of 4 and 8; the fastest (engine, chunk) is returned, and
-    remembered beside a cached export, so later extractions on this machine open that engine only.
-    The check batch and torch's outputs on it are kept beside a cached export too: a later extraction
-    checks its engine against them without building the part in torch (importing timm and building
-    Lite0 took 1.2-1.5 s of a 400-poster extraction). None when the part cannot be exported or no engine
-    matches it (then the caller keeps torch). An int8 export runs on ONNX Runtime only and is checked
-    for running, not for matching: it is meant to differ.
+    (``streams`` requests in flight where it has them), checked against torch on a batch it was not traced
+    on, and timed on ``example`` in chunks of 4 and 8. Beside a cached export the choice is remembered,
+    and so are the check batch and torch's outputs on it: later extractions open one engine and check it
+    without building the part (importing timm and building Lite0: 1.2-1.5 s). An int8 export runs on ONNX
+    Runtime only and is checked for running, not for matching: it is meant to differ.
     """
     names = [n for n in candidates() if not int8 or n == ONNXRUNTIME]
     if not names:
@@ -507,17 +524,8 @@ def frozen_engine(
         else:  # torch's outputs, computed while the engine compiles
             soon = pool.submit(_one_thread_outputs, build(), check)
         for name in names:
-            try:
-                engine = open_engine(path, name, threads, streams=streams)
-                got = torch.from_numpy(engine.run(check.numpy()))
-            except Exception as error:
-                log.info("%s failed on the frozen part (%s)", NAMES[name], one_line(error))
-                continue
-            expected = soon.result()
-            limit = tolerance_for(expected)
-            gap = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-            if not int8 and not gap <= limit:  # also catches NaN
-                log.info("%s differs from torch by %.2g on a check batch; not used", NAMES[name], gap)
+            engine = _opened_and_checked(path, name, threads, streams, check, soon, int8)
+            if engine is None:
                 continue
             if chosen is not None:
                 best = (0.0, engine, int(chosen["chunk"]))
