@@ -462,6 +462,20 @@ def _keep_reference(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> 
             temporary.unlink(missing_ok=True)
 
 
+def _torch_outputs(
+    kept: tuple[torch.Tensor, torch.Tensor] | None,
+    pool: ThreadPoolExecutor,
+    build: Callable[[], nn.Module],
+    check: torch.Tensor,
+) -> Future[torch.Tensor]:
+    """torch's outputs on ``check``: the kept ones, or computed in ``pool`` while the engine compiles."""
+    if kept is None:
+        return pool.submit(_one_thread_outputs, build(), check)
+    done: Future[torch.Tensor] = Future()
+    done.set_result(kept[1])
+    return done
+
+
 def _opened_and_checked(
     path: Path, name: str, threads: int, streams: int, check: torch.Tensor, expected: Future, int8: bool
 ) -> Engine | None:
@@ -518,11 +532,7 @@ def frozen_engine(
         names = [chosen["engine"]]
     pool = ThreadPoolExecutor(1, thread_name_prefix="torch-check")
     try:
-        soon: Future[torch.Tensor] = Future()
-        if kept is not None:
-            soon.set_result(kept[1])
-        else:  # torch's outputs, computed while the engine compiles
-            soon = pool.submit(_one_thread_outputs, build(), check)
+        soon = _torch_outputs(kept, pool, build, check)
         for name in names:
             engine = _opened_and_checked(path, name, threads, streams, check, soon, int8)
             if engine is None:
