@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -271,15 +272,10 @@ def _compiled(ov, core, path: Path, config: dict):
         except (OSError, RuntimeError) as error:
             log.info("compiled network %s not read back (%s); compiling again", blob.name, one_line(error))
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    temporary = blob.with_name(f".{blob.name}.{uuid.uuid4().hex[:8]}")
     try:
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(compiled.export_model().getvalue())
-        os.replace(temporary, blob)
-    except (OSError, RuntimeError) as error:  # e.g. a read-only or full cache: compile every time
+        _keep(blob, compiled.export_model().getvalue(), "compiled network")
+    except RuntimeError as error:  # a plugin that cannot export: compile every time
         log.info("compiled network not kept (%s)", one_line(error))
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
     return compiled
 
 
@@ -430,10 +426,23 @@ def _read_choice(memory: Path | None, names: list[str]) -> dict | None:
     return chosen if chosen.get("engine") in names and isinstance(chosen.get("chunk"), int) else None
 
 
+def _keep(target: Path, data: bytes, what: str) -> None:
+    """Write ``data`` whole beside ``target``, then rename it into place: a reader in another process sees
+    the old file or the new one, never half of one. A cache that cannot be written (read-only, full) only
+    means the next extraction does the work again."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    except OSError as error:
+        log.info("%s not kept (%s)", what, one_line(error))
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
 def _write_choice(memory: Path, chosen: dict) -> None:
-    temporary = memory.with_name(f".{memory.name}.{uuid.uuid4().hex[:8]}")
-    temporary.write_text(json.dumps(chosen))
-    os.replace(temporary, memory)
+    _keep(memory, json.dumps(chosen).encode(), "engine choice")
 
 
 def _reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -451,15 +460,9 @@ def _reference(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def _keep_reference(path: Path, inputs: torch.Tensor, outputs: torch.Tensor) -> None:
-    target = path.with_suffix(".check.npz")
-    temporary = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(temporary, inputs=inputs.numpy(), outputs=outputs.numpy())
-        os.replace(temporary, target)
-    except OSError as error:  # a read-only or full cache: the next extraction checks with torch again
-        log.info("check outputs not kept (%s)", one_line(error))
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
+    data = io.BytesIO()
+    np.savez(data, inputs=inputs.numpy(), outputs=outputs.numpy())
+    _keep(path.with_suffix(".check.npz"), data.getvalue(), "check outputs")
 
 
 def _torch_outputs(
