@@ -512,7 +512,8 @@ def frozen_engine(
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (``streams`` requests in flight where it has them), checked against torch on a batch it was not traced
-    on, and timed on ``example`` in chunks of 4 and 8. Beside a cached export the choice is remembered,
+    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16; no timing where that
+    leaves one choice). Beside a cached export the choice is remembered (from a timing of both chunks),
     and so are the check batch and torch's outputs on it: later extractions open one engine and check it
     without building the part (importing timm and building Lite0: 1.2-1.5 s). An int8 export runs on ONNX
     Runtime only and is checked for running, not for matching: it is meant to differ.
@@ -533,6 +534,7 @@ def frozen_engine(
     chosen = _read_choice(memory, names)
     if chosen is not None:  # measured by an earlier extraction of this export on this machine
         names = [chosen["engine"]]
+    chunks = (4, 8) if len(example) >= 16 else (4,)  # a smaller first batch times chunks of 4 only
     pool = ThreadPoolExecutor(1, thread_name_prefix="torch-check")
     try:
         soon = _torch_outputs(kept, pool, build, check)
@@ -544,7 +546,11 @@ def frozen_engine(
                 best = (0.0, engine, int(chosen["chunk"]))
                 timings.append("as measured before")
                 continue
-            for chunk in (4, 8) if len(example) >= 16 else (4,):
+            if len(names) == 1 and len(chunks) == 1:  # nothing to choose between: no timing
+                best = (0.0, engine, chunks[0])
+                timings.append("the only choice")
+                continue
+            for chunk in chunks:
                 engine.chunk = chunk
                 seconds = _speed(engine, example.numpy())
                 timings.append(f"{NAMES[name]} x{chunk}: {seconds * 1000:.1f} ms")
@@ -564,7 +570,7 @@ def frozen_engine(
     _, engine, engine.chunk = best
     if identity and kept is None:  # an engine matched, so torch's outputs are there to keep
         _keep_reference(path, check, soon.result())
-    if memory is not None and chosen is None and len(timings) > 2:  # remember a real choice
+    if memory is not None and chosen is None and len(chunks) == 2:  # remember a whole measurement
         _write_choice(memory, {"engine": engine.name, "chunk": engine.chunk, "timings": timings})
     log.info(
         "frozen part on %s (%d threads, %d requests in flight, chunks of %d; per image %s)",

@@ -117,6 +117,21 @@ def test_the_choice_is_measured_once_per_export(backbone, example, monkeypatch, 
     assert "as measured before" in caplog.text
     monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")  # another set of engines measures afresh
     assert frozen_engine(lambda: backbone, example, identity="choice-test|").name == ONNXRUNTIME
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="posterlab.models.onnx"):  # one engine's chunks: remembered
+        assert frozen_engine(lambda: backbone, example, identity="choice-test|").name == ONNXRUNTIME
+    assert "as measured before" in caplog.text
+
+
+def test_one_engine_on_a_small_batch_is_not_timed(backbone, example, monkeypatch):
+    monkeypatch.setenv("POSTERLAB_ENGINE", "onnxruntime")
+
+    def timed(engine, batch):
+        raise AssertionError("one engine and chunks of 4 only: nothing to choose, nothing to time")
+
+    monkeypatch.setattr(onnx, "_speed", timed)
+    engine = frozen_engine(lambda: backbone, example[:8], identity="one-choice-test|")
+    assert engine is not None and (engine.name, engine.chunk) == (ONNXRUNTIME, 4)
 
 
 @openvino_only
