@@ -329,7 +329,9 @@ def _audit_parser(sub) -> None:
         "the dataset's corrections file (labels.csv is never written).",
     )
     a.add_argument(
-        "--data", required=True, help="dataset folder, labels CSV, MovieGenre.csv, zip or 'sample'"
+        "--data",
+        default="sample",
+        help="dataset folder, labels CSV, MovieGenre.csv, zip or 'sample' (default: sample)",
     )
     a.add_argument("--target", default="genres", help="genres | label | a rule such as imdb_score>=7")
     a.add_argument("--genres", help=COMPOSITE_HELP["--genres"])

@@ -9,7 +9,8 @@ class when its probability reaches that class's threshold; the counts of (given 
 pairs, calibrated to the given label counts, estimate the noise rates. Multi-label targets are audited
 per label as one-vs-rest binary tasks (as ``cleanlab.multilabel_classification`` does), which gives the
 two kinds of issue: *tagged but unlikely* (given, confidently absent) and *missing but likely* (not
-given, confidently present).
+given, confidently present). A label on fewer than ``MIN_PER_LABEL`` posters (or absent from fewer) is not
+judged: a threshold from a handful of probabilities flags nearly every poster.
 
 The label-quality score of a label is its self-confidence, the out-of-fold probability of the side given
 (cleanlab's default score too); a poster's is the lowest of its labels' (multi-label) or its label's (one
@@ -50,6 +51,10 @@ WRONG_LABEL = "wrong label"  # one label per poster: another class is confidentl
 KINDS = (TAGGED_UNLIKELY, MISSING_LIKELY, WRONG_LABEL)
 PRIOR = 52.0  # the probe's L2 penalty times its training posters (see out_of_fold)
 MIN_POSTERS = 20  # fewer and a 5-fold probe has too few posters per fold to say anything
+# a label (or its absence) on fewer posters is not judged: its threshold, the mean out-of-fold probability
+# of a handful of posters, says nothing (a genre on 1 of the 7,218 development posters was suggested for
+# 1,604, and filled the top of the list)
+MIN_PER_LABEL = 10
 PSEUDO = 1.0  # tag_frequencies' pseudo-count at the prior: 0.3-1 ranked injected errors alike, 3-30 worse
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before they are combined
 
@@ -259,40 +264,56 @@ def _calibrated_joint(given: np.ndarray, confident: np.ndarray, k: int) -> np.nd
     return joint / max(joint.sum(), 1) * len(given)
 
 
-def find_issues(probabilities: np.ndarray, y: np.ndarray, multilabel: bool) -> Issues:
+def judged_labels(y: np.ndarray, multilabel: bool, minimum: int = MIN_PER_LABEL) -> np.ndarray:
+    """(k,) bool: the labels carried by at least ``minimum`` posters (multi-label: and absent from as
+    many), the ones whose thresholds mean something."""
+    counts = y.sum(0)
+    return (counts >= minimum) & (len(y) - counts >= minimum) if multilabel else counts >= minimum
+
+
+def find_issues(
+    probabilities: np.ndarray, y: np.ndarray, multilabel: bool, judged: np.ndarray | None = None
+) -> Issues:
     """Label issues, label quality and noise rates from out-of-fold ``probabilities`` and one-hot or
-    multi-hot targets ``y`` (both (n, k))."""
+    multi-hot targets ``y`` (both (n, k)). A label not ``judged`` (too rare) is never flagged or
+    suggested; its quality is 1 and its noise rate NaN; one label per poster: a poster given it is not
+    judged either. Multi-label: no suggestion takes away every label of a poster (the most probable of
+    its labels stays, unflagged; the noise rates count it as confident learning found it)."""
     n, k = y.shape
+    judged = np.ones(k, bool) if judged is None else np.asarray(judged, bool)
     if multilabel:
         thresholds, issues, suggested, quality, joints = (
-            np.zeros((k, 2)),
+            np.full((k, 2), np.nan),
             np.zeros((n, k), bool),
             y.copy(),
             np.ones((n, k)),
             np.zeros((k, 2, 2)),
         )
-        for j in range(k):
+        for j in np.nonzero(judged)[0]:
             thresholds[j], issues[:, j], confident, quality[:, j], joints[j] = _binary(
                 probabilities[:, j], y[:, j]
             )
             suggested[issues[:, j], j] = confident[issues[:, j]]
-        noise = (joints[:, 0, 1] + joints[:, 1, 0]) / max(n, 1)
+        # a poster keeps at least one label: of the ones it was given, the most probable is not flagged
+        emptied = np.nonzero((y > 0.5).any(1) & ~(suggested > 0.5).any(1))[0]
+        kept = np.where(y[emptied] > 0.5, probabilities[emptied], -np.inf).argmax(1)
+        issues[emptied, kept], suggested[emptied, kept] = False, 1
+        noise = np.where(judged, (joints[:, 0, 1] + joints[:, 1, 0]) / max(n, 1), np.nan)
         return Issues(thresholds, issues, suggested, quality, quality.min(1), noise, joints)
     given = y.argmax(1)
-    thresholds = np.array(
-        [probabilities[given == j, j].mean() if (given == j).any() else 1.0 for j in range(k)]
-    )
+    thresholds = np.array([probabilities[given == j, j].mean() if judged[j] else np.inf for j in range(k)])
     confident = _confident_class(probabilities, thresholds)
-    flagged = (confident >= 0) & (confident != given)
+    flagged = (confident >= 0) & (confident != given) & judged[given]
     issues = np.zeros((n, k), bool)
     issues[flagged, given[flagged]] = True
     suggested = y.copy()
     suggested[flagged] = 0
     suggested[flagged, confident[flagged]] = 1
     joint = _calibrated_joint(given, confident, k)
-    poster_quality = probabilities[np.arange(n), given]  # self-confidence
+    poster_quality = np.where(judged[given], probabilities[np.arange(n), given], 1.0)  # self-confidence
     label_quality = np.where(y > 0.5, poster_quality[:, None], 1.0)
     noise = (joint.sum(1) - np.diag(joint)) / max(n, 1)  # posters given j whose true class is another
+    noise = np.where(judged, noise, np.nan)
     return Issues(thresholds, issues, suggested, label_quality, poster_quality, noise, joint)
 
 
@@ -374,17 +395,23 @@ class Audit:
 
     def summary(self) -> str:
         """One line: posters, estimated noisy share, per-label noise rates."""
-        n = len(self.y)
+        n, rates = len(self.y), self.noise_rates()
+        judged = rates.dropna()
         if self.rule.multilabel:  # a poster is noisy when any of its labels is wrong
-            share = 1.0 - float(np.prod(1.0 - np.clip(self.found.noise_rate, 0.0, 1.0)))
+            share = 1.0 - float(np.prod(1.0 - np.clip(judged.to_numpy(), 0.0, 1.0)))
             how = " (labels taken as erring independently)"
         else:  # one label per poster: the posters whose label is wrong
-            share, how = float(self.found.noise_rate.sum()), ""
-        rates = ", ".join(f"{name} {rate:.1%}" for name, rate in self.noise_rates().items())
-        return (
+            share, how = float(judged.sum()), ""
+        line = (
             f"{n} posters, {int(self.flagged.sum())} flagged; estimated noisy share {share:.1%}{how}; "
-            f"noise rate per label: {rates}"
+            f"noise rate per label: {', '.join(f'{name} {rate:.1%}' for name, rate in judged.items())}"
         )
+        rare = rates.index[rates.isna()]
+        if len(rare):
+            counts = self.y.sum(0)
+            named = ", ".join(f"{name} ({int(counts[self.labels.index(name)])})" for name in rare)
+            line += f"; not judged (under {MIN_PER_LABEL} posters with or without it): {named}"
+        return line
 
     def changes(self) -> dict[str, dict]:
         """id → the suggested change of every flagged poster, as the corrections file stores it."""
@@ -431,7 +458,9 @@ def audit_features(
         context=context_tags(labelled.frame, labelled.rule, y) if tags else None,
         on_fold=lambda done, total: control.emit(Progress("auditing", done, total, f"fold {done}/{total}")),
     )
-    found = find_issues(probabilities, y, labelled.rule.multilabel)
+    found = find_issues(
+        probabilities, y, labelled.rule.multilabel, judged_labels(y, labelled.rule.multilabel)
+    )
     return Audit(labelled.frame, labelled.rule, y, probabilities, found, backbone, tuple(views))
 
 

@@ -13,6 +13,7 @@ import pytest
 from posterlab.cli import main
 from posterlab.config import DataConfig, LabelConfig, RunConfig, from_dict, to_dict
 from posterlab.data.corrections import ACCEPT, KEEP, Corrections, corrections_path
+from posterlab.data.labels import one_hot
 from posterlab.data.prepare import prepare_data
 from posterlab.evaluation.label_health import (
     MISSING_LIKELY,
@@ -20,6 +21,7 @@ from posterlab.evaluation.label_health import (
     audit_dataset,
     audit_features,
     find_issues,
+    judged_labels,
     out_of_fold,
 )
 from tests.conftest import needs_weights
@@ -44,6 +46,21 @@ def test_multilabel_issues_follow_the_class_thresholds():
     assert 0 < found.noise_rate[0] < 0.05  # two wrong labels of 200, calibrated
 
 
+def test_no_suggestion_takes_away_every_label_of_a_poster():
+    y = np.zeros((100, 2), np.float32)
+    y[:50, 0] = 1
+    y[50:, 1] = 1
+    y[0] = [1, 1]
+    p = np.where(y > 0.5, 0.8, 0.2)
+    p[50] = [0.2, 0.02]  # its only label confidently absent, and no other confidently present
+    p[0] = [0.03, 0.05]  # both its labels confidently absent: the second is the less unlikely
+    found = find_issues(p, y, multilabel=True)
+    assert found.suggested[50].tolist() == [0, 1] and not found.issues[50].any()
+    assert found.suggested[0].tolist() == [0, 1] and found.issues[0].tolist() == [True, False]
+    assert found.quality[50] == pytest.approx(0.02) and found.quality[0] == pytest.approx(0.03)  # scores kept
+    assert (found.suggested.sum(1) >= 1).all()
+
+
 def test_single_label_issue_suggests_the_confident_class():
     n, k = 90, 3
     given = np.arange(n) % k
@@ -56,6 +73,37 @@ def test_single_label_issue_suggests_the_confident_class():
     assert found.issues.any(1).nonzero()[0].tolist() == [7]
     assert found.suggested[7].tolist() == [1, 0, 0]
     assert found.quality[7] == pytest.approx(0.05)
+
+
+def test_a_label_on_too_few_posters_is_not_judged():
+    # a genre on 2 of 200 posters: its threshold, the mean of 2 probabilities, is below most posters'
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.zeros((n, 2), np.float32)
+    y[:100, 0] = 1
+    y[:2, 1] = 1
+    p = np.c_[np.where(y[:, 0] > 0.5, 0.8, 0.2), rng.uniform(0.0, 0.1, n)]
+    p[:2, 1] = 0.01
+    every = find_issues(p, y, multilabel=True)
+    assert every.issues[:, 1].sum() > 100  # the degenerate threshold: "missing but likely" everywhere
+    judged = judged_labels(y, multilabel=True)
+    assert judged.tolist() == [True, False]
+    found = find_issues(p, y, multilabel=True, judged=judged)
+    assert not found.issues[:, 1].any() and (found.suggested[:, 1] == y[:, 1]).all()
+    assert (found.label_quality[:, 1] == 1).all() and np.isnan(found.noise_rate[1])
+    assert (found.issues[:, 0] == every.issues[:, 0]).all()  # the other label is judged as before
+
+    # one label per poster: a class given to 3 posters is never suggested, and its posters are not judged
+    given = np.r_[np.zeros(60, int), np.ones(60, int), np.full(3, 2)]
+    y = np.eye(3, dtype=np.float32)[given]
+    p = np.full((len(given), 3), 0.05)
+    p[np.arange(len(given)), given] = 0.3
+    p[:120, 2] = 0.35  # above the rare class's threshold (its own posters' 0.2) and their own class
+    p[-3:, 2] = 0.2
+    assert find_issues(p, y, multilabel=False).issues.sum() == 120
+    found = find_issues(p, y, multilabel=False, judged=judged_labels(y, multilabel=False))
+    assert not found.issues.any() and (found.suggested == y).all()
+    assert (found.quality[-3:] == 1).all() and np.isnan(found.noise_rate[2])
 
 
 def test_out_of_fold_probabilities_never_see_their_poster():
@@ -206,6 +254,21 @@ def test_cli_audit_writes_the_csv_and_one_line_summary(tmp_path, capsys, clean_c
     assert main(["audit", "--data", "sample", "--genres", "3", "--folds", "3", "-q", "--accept-all",
                  "--out", str(out)]) == 0  # fmt: skip
     assert set(Corrections.load("sample").accepted("genres")) == set(recorded)
+
+
+def test_cli_audit_of_every_genre_leaves_the_rare_ones_unjudged(tmp_path, capsys, clean_corrections):
+    out = tmp_path / "audit.csv"
+    assert main(["audit", "--folds", "3", "-q", "--out", str(out)]) == 0  # the embedded sample, every genre
+    summary = capsys.readouterr().out.strip()
+    rare = prepare_data(DataConfig(path="sample"), split=False).labelled
+    counts = dict(zip(rare.rule.labels, one_hot(rare.y, rare.rule).sum(0), strict=True))
+    unjudged = sorted(label for label, count in counts.items() if count < 10)
+    assert unjudged and "not judged (under 10 posters with or without it): " in summary
+    assert all(f"{label} ({int(counts[label])})" in summary for label in unjudged)
+    table = pd.read_csv(out, keep_default_na=False)
+    for _, row in table.iterrows():  # never suggested, never taken away
+        for label in unjudged:
+            assert (label in row["given"].split("|")) == (label in row["suggested"].split("|"))
 
 
 @pytest.mark.parametrize(
