@@ -47,7 +47,10 @@ def corrections_control(path: str, default: str) -> str:
         help=describe(DataConfig, "corrections"),
     )
     if flagged:
-        st.caption(f"Label health: {flagged} posters flagged, {accepted} suggestions accepted.")
+        st.caption(
+            f"Label health: {flagged} poster{'s' * (flagged != 1)} flagged, "
+            f"{accepted} suggestion{'s' * (accepted != 1)} accepted."
+        )
     elif choice != "none":
         st.caption("No label audit yet: open the Dataset page's Label health tab (or run posterlab audit).")
     return choice

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from posterlab.data.labels import LabelRule
-from posterlab.evaluation.metrics import evaluate_scores, hit_at_k, multilabel_metrics, tune_thresholds
+from posterlab.evaluation.metrics import (
+    MIN_POSITIVES,
+    evaluate_scores,
+    hit_at_k,
+    multilabel_metrics,
+    tune_thresholds,
+)
 
 RULE = LabelRule("genres", "multilabel", ("A", "B"))
 
@@ -26,8 +32,23 @@ def test_perfect_and_constant_predictors():
 def test_thresholds_maximise_f1_on_validation():
     y = np.array([[1], [1], [0], [0]], dtype=np.float32)
     scores = np.array([[0.3], [0.25], [0.2], [0.1]])
-    threshold = tune_thresholds(y, scores)[0]
+    threshold = tune_thresholds(y, scores, min_positives=2)[0]
     assert 0.2 < threshold <= 0.25
+
+
+def test_a_label_with_too_few_validation_positives_keeps_one_half():
+    """F1 on one positive peaks at that poster's own low score: the label would be predicted for most
+    posters. Under MIN_POSITIVES positives the threshold stays 0.5."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 0.3, size=(200, 2))
+    y = np.zeros((200, 2), dtype=np.float32)
+    y[:MIN_POSITIVES, 0] = 1  # enough to tune
+    scores[:MIN_POSITIVES, 0] += 0.5
+    y[0, 1] = 1  # one positive, scored 0.02: tuning would put the threshold there
+    scores[0, 1] = 0.02
+    assert tune_thresholds(y, scores, min_positives=1)[1] == pytest.approx(0.02)
+    tuned = tune_thresholds(y, scores)
+    assert 0.3 < tuned[0] <= scores[:MIN_POSITIVES, 0].min() and tuned[1] == 0.5
 
 
 def test_hit_at_k():
