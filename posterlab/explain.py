@@ -195,8 +195,14 @@ class Explainer:
             labels = [label for label in ranked if label in predicted][:top_k] or ranked[:1]
         maps = self.heatmaps(tensor, labels, method)
         result = Explanation(
-            crop, scores, predicted, method=method, notes=loaded.notes, original_size=loaded.image.size
+            crop, scores, predicted, method=method, notes=list(loaded.notes), original_size=loaded.image.size
         )
+        empty = [label for label, heat in zip(labels, maps, strict=True) if not heat.max() > 0]
+        if empty:  # every region lowers the score: the map has nothing to show, which is worth saying
+            result.notes.append(
+                f"{method}: no region of the poster raises the score of {', '.join(empty)}, so "
+                f"{'its map is' if len(empty) == 1 else 'their maps are'} empty"
+            )
         for label, heat in zip(labels, maps, strict=True):
             overlay = blend(crop, heat)
             result.heatmaps[label] = heat

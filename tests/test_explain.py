@@ -101,6 +101,19 @@ def test_every_method_on_a_frozen_backbone(method, poster_paths):
     assert explanation.heatmaps["B"].shape == (160, 160)
 
 
+def test_an_empty_map_is_said_not_shown_as_a_blank_overlay(poster_paths):
+    """A label whose head weights are all negative: every channel of the (non-negative) CAM layer lowers
+    its score, Grad-CAM's ReLU leaves nothing, and the explanation says so instead of a plain blue overlay."""
+    predictor = _FakePredictor("tf_efficientnet_lite0")
+    linear = [m for m in predictor.model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        linear.weight[1] = -linear.weight[1].abs() - 1e-3
+        linear.weight[0] = linear.weight[0].abs() + 1e-3
+    explanation = Explainer(predictor).explain(poster_paths[0], labels=["A", "B"])
+    assert explanation.heatmaps["B"].max() == 0 and explanation.heatmaps["A"].max() > 0
+    assert explanation.notes == ["gradcam: no region of the poster raises the score of B, so its map is empty"]
+
+
 def test_unknown_method_and_label(poster_paths):
     explainer = Explainer(_FakePredictor("posterlab_small_cnn"))
     with pytest.raises(ConfigError, match=r"unknown CAM method 'gradcam\+\+\+'"):
