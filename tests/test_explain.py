@@ -111,7 +111,9 @@ def test_an_empty_map_is_said_not_shown_as_a_blank_overlay(poster_paths):
         linear.weight[0] = linear.weight[0].abs() + 1e-3
     explanation = Explainer(predictor).explain(poster_paths[0], labels=["A", "B"])
     assert explanation.heatmaps["B"].max() == 0 and explanation.heatmaps["A"].max() > 0
-    assert explanation.notes == ["gradcam: no region of the poster raises the score of B, so its map is empty"]
+    assert explanation.notes == [
+        "gradcam: no region of the poster raises the score of B, so its map is empty"
+    ]
 
 
 def test_unknown_method_and_label(poster_paths):
