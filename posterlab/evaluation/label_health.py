@@ -394,16 +394,16 @@ class Audit:
         return out.iloc[order].reset_index(drop=True)
 
     def summary(self) -> str:
-        """One line: posters, estimated noisy share, per-label noise rates."""
+        """One line: posters, flagged, the estimated wrong labels, per-label noise rates."""
         n, rates = len(self.y), self.noise_rates()
         judged = rates.dropna()
-        if self.rule.multilabel:  # a poster is noisy when any of its labels is wrong
-            share = 1.0 - float(np.prod(1.0 - np.clip(judged.to_numpy(), 0.0, 1.0)))
-            how = " (labels taken as erring independently)"
+        if self.rule.multilabel:  # per label, the share of posters whose decision for it is wrong: summed
+            # (not combined into a share of posters, which would need the labels to err independently)
+            estimate = f"estimated wrong labels {float(judged.sum()) * 100:.0f} per 100 posters"
         else:  # one label per poster: the posters whose label is wrong
-            share, how = float(judged.sum()), ""
+            estimate = f"estimated noisy share {float(judged.sum()):.1%}"
         line = (
-            f"{n} posters, {int(self.flagged.sum())} flagged; estimated noisy share {share:.1%}{how}; "
+            f"{n} posters, {int(self.flagged.sum())} flagged; {estimate}; "
             f"noise rate per label: {', '.join(f'{name} {rate:.1%}' for name, rate in judged.items())}"
         )
         rare = rates.index[rates.isna()]
