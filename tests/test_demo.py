@@ -238,6 +238,8 @@ def test_fresh_rotten_and_the_pickers(state, binary_run, genre_run):
     note, fresh, rotten = fresh_rotten(state, str(binary_run.resolve()))
     assert note.startswith("**Small data.**") and len(fresh) == len(rotten) == GALLERY_TOP
     assert fresh_rotten(state, str(binary_run.resolve()))[1] is fresh  # ranked once, then remembered
+    # without one, the hint trains it where this demo reads runs (POSTERLAB_CHECKPOINTS or its folder)
+    assert f"--out {state.checkpoints / 'demo-fresh-rotten'}`" in fresh_rotten(state, None)[0]
     card, pick, _ = on_model(state, str(genre_run.resolve()))
     assert genre_run.name in card and pick["choices"]
     every, binary = refresh(state, None, None)
