@@ -69,23 +69,33 @@ def test_label_health_gallery_decisions_and_filters(health_app: AppTest) -> None
     assert any("2 flagged · 1 accepted" in t for t in texts(at.caption))
     assert not [b for b in at.button if b.key == f"health_accept_{FIRST}"]  # undecided only, by default
 
-    at.selectbox(key="health_status").set_value("all").run()
+    at.selectbox(key="dataset_health_status").set_value("all").run()
     assert [b for b in at.button if b.key == f"health_accept_{FIRST}"]
-    at.selectbox(key="health_kind").set_value("missing but likely").run()
+    at.selectbox(key="dataset_health_kind").set_value("missing but likely").run()
     shown = {b.key for b in at.button if b.key and b.key.startswith("health_keep_")}
     assert shown == {f"health_keep_{SECOND}"}
-    at.selectbox(key="health_kind").set_value("all").run()
-    at.selectbox(key="health_genre").set_value("Horror").run()
+    at.selectbox(key="dataset_health_kind").set_value("all").run()
+    at.selectbox(key="dataset_health_genre").set_value("Horror").run()
     assert {b.key for b in at.button if b.key and b.key.startswith("health_keep_")} == {
         f"health_keep_{SECOND}"
     }
 
-    # a fresh session (a refresh) reads the decisions back from the file
+    # a fresh session (a refresh) reads the decisions back from the file, and the filters from the URL
     fresh = AppTest.from_file(str(APP), default_timeout=180)
-    fresh.run()
-    fresh = page(fresh, "dataset")
-    open_tab(fresh, "dataset_tab", "Label health")
+    fresh.query_params |= {
+        "dataset_tab": "Label health",
+        "dataset_health_genre": "Horror",
+        "dataset_health_status": "all",
+        "dataset_health_kind": "a kind this audit does not have",  # left at its default, no error
+    }
+    fresh.switch_page("pages/dataset.py").run()
+    assert_clean(fresh)
     assert any("2 flagged · 1 accepted" in t for t in texts(fresh.caption))
+    assert fresh.selectbox(key="dataset_health_genre").value == "Horror"
+    assert fresh.selectbox(key="dataset_health_kind").value == "all"
+    assert {b.key for b in fresh.button if b.key and b.key.startswith("health_keep_")} == {
+        f"health_keep_{SECOND}"
+    }
 
 
 def test_train_page_offers_the_corrections(health_app: AppTest) -> None:

@@ -156,7 +156,9 @@ def _audit_controls(path: str, labels: LabelConfig) -> bool:
         list(BACKBONES),
         index=list(BACKBONES).index(DEFAULT_BACKBONE),
         format_func=lambda name: BACKBONES[name].title,
-        key="health_backbone",
+        key="dataset_health_backbone",
+        persist_state="session",
+        bind="query-params",
     )
     if right.button("Find suspicious labels", key="health_run", icon=":material/search:", type="primary"):
         from posterlab.evaluation.label_health import audit_dataset, record
@@ -175,10 +177,12 @@ def _filtered(table: pd.DataFrame) -> pd.DataFrame:
     """The flagged posters the genre, kind and decision filters leave."""
     c1, c2, c3 = st.columns(3)
     every = sorted({g for genres in table["genres"] for g in genres if g})
-    genre = c1.selectbox("Genre", ["all", *every], key="health_genre")
     kinds = sorted({k for ks in table["kind"] for k in ks.split(", ") if k})
-    kind = c2.selectbox("Kind", ["all", *kinds], key="health_kind")
-    status = c3.selectbox("Decision", ["undecided", "all", ACCEPT, KEEP], key="health_status")
+    # kept in the page's URL, as every setting is (workbench.keep): a refresh shows the same posters
+    kept = {"persist_state": "session", "bind": "query-params"}
+    genre = c1.selectbox("Genre", ["all", *every], key="dataset_health_genre", **kept)
+    kind = c2.selectbox("Kind", ["all", *kinds], key="dataset_health_kind", **kept)
+    status = c3.selectbox("Decision", ["undecided", "all", ACCEPT, KEEP], key="dataset_health_status", **kept)
     shown = table
     if genre != "all":
         shown = shown[shown["genres"].map(lambda genres: genre in genres)]
