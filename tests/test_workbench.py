@@ -62,3 +62,16 @@ def test_the_live_panel_waits_for_a_run_only_in_its_last_second() -> None:
     assert not ends_within(snapshot(0, stage="extracting"), 1.0)
     assert not ends_within(Snapshot(status="completed", epochs=6), 1.0)
     assert not ends_within(Snapshot(status="running", stage="starting"), 1.0)  # epochs not known yet
+
+
+def test_curves_after_one_epoch_show_the_point_on_sensible_axes():
+    """One epoch: its point over epoch 1 and an axis from zero (plotly drew x 0-2 and y below zero)."""
+    import plotly.graph_objects as go
+
+    from workbench.widgets import integer_epochs
+
+    one = integer_epochs(go.Figure(go.Scatter(x=[1], y=[0.31])), 1)
+    assert list(one.layout.xaxis.range) == [0.5, 1.5] and one.layout.yaxis.rangemode == "tozero"
+    three = integer_epochs(go.Figure(go.Scatter(x=[1, 2, 3], y=[0.31, 0.4, 0.45])), 3)
+    assert list(three.layout.xaxis.range) == [0.5, 3.5] and three.layout.yaxis.rangemode is None
+    assert three.layout.xaxis.dtick == 1

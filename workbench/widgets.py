@@ -461,8 +461,11 @@ def ends_within(snapshot: Snapshot, seconds: float) -> bool:
 
 
 def integer_epochs(figure: go.Figure, epochs: int) -> go.Figure:
-    """Whole-number epoch ticks (plotly would draw 1.5, 2.5 ... for short runs)."""
-    return figure.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)))
+    """Whole-number epoch ticks (plotly would draw 1.5, 2.5 ... for short runs) over the epochs there are;
+    after one epoch, its point over an axis from zero (plotly's range around a lone point ran from 0 to 2
+    on x and below zero on y)."""
+    figure.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, max(epochs, 1) + 0.5])
+    return figure.update_yaxes(rangemode="tozero") if epochs <= 1 else figure
 
 
 def when(iso: str | None) -> str:
