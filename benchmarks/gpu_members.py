@@ -10,7 +10,7 @@ choose).
     python benchmarks/gpu_members.py train --data ../shared/datasets/posters --out benchmarks/results/gpu
     # score returned runs here on the original posters (val + test), then the ensemble
     python benchmarks/gpu_members.py rescore benchmarks/results/gpu/runs/* --data ../shared/datasets/posters
-    python benchmarks/ensemble.py benchmarks/results/gpu/runs/... checkpoints/demo-genres
+    python benchmarks/gpu_members.py choose benchmarks/results/gpu/runs/* checkpoints/demo-genres
 
 `pack` writes a compact copy for a remote GPU machine that takes a size-limited working tree: the
 posters of the task (after the cleaning the split was made on, so the copy needs none) re-encoded as
@@ -310,7 +310,12 @@ def main() -> int:
     r.add_argument("runs", nargs="+", type=Path)
     r.add_argument("--data", default="../shared/datasets/posters")
     r.add_argument("--batch-size", type=int, default=16)
+    c = commands.add_parser("choose", help="greedy ensemble on validation mAP over finished runs")
+    c.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
+    if args.command == "choose":
+        choose(args.runs, [])
+        return 0
     return {"pack": pack, "train": train, "rescore": rescore}[args.command](args)
 
 
