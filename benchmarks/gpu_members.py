@@ -45,6 +45,7 @@ from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig  # 
 
 TOP6 = ("Drama", "Comedy", "Romance", "Action", "Thriller", "Horror")
 FITS = {"fit": "crop", "extra_fits": ("pad", "squash")}
+RESCORED = "predictions_originals.csv"  # what ``rescore`` writes; ``choose`` reads it where it exists
 
 
 def _member(backbone: str, scale: float, seed: int = 0) -> TrainConfig:
@@ -108,6 +109,7 @@ def pack(args: argparse.Namespace) -> int:
         target.write_bytes(buffer.getvalue())
         if number % 1000 == 0:
             print(f"{number}/{len(ids)} posters, {sum(sizes) / 2**20:.1f} MiB", flush=True)
+    (out / "p2" / "posters").mkdir(parents=True, exist_ok=True)
     rows.to_csv(out / "p2" / "posters" / "labels.csv", index=False)
     split = {name: [ids[i] for i in rows_] for name, rows_ in prepared.splits.items()}
     (out / "p2" / "posters" / "expected_split.json").write_text(json.dumps(split))
@@ -187,7 +189,10 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _read(run: Path) -> tuple[list[str], pd.DataFrame]:
-    table = pd.read_csv(run / "predictions.csv", dtype={"id": str})
+    """A run's validation and test scores: re-scored from the original posters when ``rescore`` has."""
+    table = pd.read_csv(
+        run / (RESCORED if (run / RESCORED).is_file() else "predictions.csv"), dtype={"id": str}
+    )
     labels = [c.removeprefix("p:") for c in table.columns if c.startswith("p:")]
     return labels, table[table["split"].isin(["val", "test"])].set_index("id").sort_index()
 
@@ -198,8 +203,13 @@ def choose(members: list[Path], extra: list[Path]) -> list[Path]:
     labels, first = tables[members[0]]
     columns = [f"p:{label}" for label in labels]
     common = first.index
-    for _, table in tables.values():
+    for run, (other, table) in tables.items():
+        if other != labels:
+            raise SystemExit(f"{run}: labels {other} differ from {labels}; use runs of one task")
         common = common.intersection(table.index)
+    for run, (_, table) in tables.items():
+        if not table.loc[common, "split"].equals(first.loc[common, "split"]):
+            raise SystemExit(f"{run}: another split than {members[0]}; train with the same data and seed")
     if len(common) != len(first):
         print(f"ensemble on the {len(common)} posters every member scored (of {len(first)})")
     first = first.loc[common]
@@ -251,33 +261,31 @@ def bundle(finished: list[Path], chosen: list[Path], out: Path, limit_mb: float)
 
 
 def rescore(args: argparse.Namespace) -> int:
-    """Re-score runs' validation and test posters from another copy of the posters (the originals)."""
+    """Score runs' validation and test posters again from another copy of the posters (the originals),
+    into ``predictions_originals.csv`` beside the run's own ``predictions.csv`` (which stays as trained)."""
+    from posterlab.data.sources import load_dataset
     from posterlab.inference import Predictor
 
-    source = pd.read_csv(Path(args.data) / "labels.csv", dtype={"imdb_id": str}).set_index("imdb_id")
+    images = load_dataset(args.data).frame.set_index("id")["image"]
     for run in args.runs:
-        table = pd.read_csv(run / "predictions.csv", dtype={"id": str})
-        if "rescored_from" in table.columns:
-            print(f"{run}: already re-scored")
+        if (run / RESCORED).is_file():
+            print(f"{run}: already re-scored ({RESCORED})")
             continue
-        keep = table["split"].isin(["val", "test"])
-        table = table[keep].reset_index(drop=True)
-        paths = [str(Path(args.data) / "images" / f"{i}.jpg") for i in table["id"]]
-        missing = [p for p in paths if not Path(p).is_file()]
-        if missing:
-            raise SystemExit(f"{run}: {len(missing)} posters not in {args.data}, e.g. {missing[0]}")
+        table = pd.read_csv(run / "predictions.csv", dtype={"id": str})
+        table = table[table["split"].isin(["val", "test"])][["id", "split", "truth"]].reset_index(drop=True)
+        missing = table.loc[~table["id"].isin(images.index), "id"]
+        if len(missing):
+            raise SystemExit(f"{run}: {len(missing)} posters not in {args.data}, e.g. {missing.iloc[0]}")
+        paths = [str(Path(images[i]).resolve()) for i in table["id"]]
         begun = time.monotonic()
         predictor = Predictor(run)
         probs, errors = predictor.score_paths(paths, args.batch_size)
         if any(errors):
             raise SystemExit(f"{run}: {next(e for e in errors if e)}")
+        table["image"] = paths
         for j, label in enumerate(predictor.labels):
             table[f"p:{label}"] = np.round(probs[:, j], 5)
-        table["image"] = paths
-        table["title"] = source.loc[table["id"], "title"].to_numpy()
-        table["rescored_from"] = str(args.data)
-        shutil.copy(run / "predictions.csv", run / "predictions_gpu.csv")
-        table.to_csv(run / "predictions.csv", index=False)
+        table.to_csv(run / RESCORED, index=False)
         print(f"{run}: {len(paths)} posters in {time.monotonic() - begun:.0f} s", flush=True)
     return 0
 

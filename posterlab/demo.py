@@ -395,10 +395,15 @@ def _ranked_side(loaded, table: pd.DataFrame, label: str) -> list[tuple[Image.Im
 def fresh_rotten(state: DemoState, run_path: str | None) -> tuple[str, list, list]:
     """The labelled gallery's posters a two-class model is surest about, each way, with Grad-CAM."""
     if not run_path:
-        where = Path(state.checkpoints or settings.checkpoints_dir()) / "demo-fresh-rotten"
+        folder = Path(state.checkpoints or settings.checkpoints_dir())
+        then = (
+            f"start the demo over that folder (`posterlab demo --checkpoints {folder}`)"
+            if state.fixed
+            else "reload"
+        )
         return (
             "No fresh/rotten model here. Train one with `posterlab train --data sample-rt --target label "
-            f"--out {where}` and reload.",
+            f"--out {folder / 'demo-fresh-rotten'}` and {then}.",
             [],
             [],
         )

@@ -198,9 +198,9 @@ class Explainer:
             crop, scores, predicted, method=method, notes=list(loaded.notes), original_size=loaded.image.size
         )
         empty = [label for label, heat in zip(labels, maps, strict=True) if not heat.max() > 0]
-        if empty:  # every region lowers the score: the map has nothing to show, which is worth saying
+        if empty:  # e.g. Grad-CAM where every region lowers the score: nothing to show, which is worth saying
             result.notes.append(
-                f"{method}: no region of the poster raises the score of {', '.join(empty)}, so "
+                f"{method} found no region of the poster that stands out for {', '.join(empty)}, so "
                 f"{'its map is' if len(empty) == 1 else 'their maps are'} empty"
             )
         for label, heat in zip(labels, maps, strict=True):

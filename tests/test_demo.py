@@ -233,13 +233,16 @@ def test_explain_labels_and_its_errors(state, genre_run):
 
 
 def test_fresh_rotten_and_the_pickers(state, binary_run, genre_run):
-    from posterlab.demo import GALLERY_TOP, fresh_rotten, on_model, refresh
+    from posterlab.demo import GALLERY_TOP, DemoState, fresh_rotten, on_model, refresh
 
     note, fresh, rotten = fresh_rotten(state, str(binary_run.resolve()))
     assert note.startswith("**Small data.**") and len(fresh) == len(rotten) == GALLERY_TOP
     assert fresh_rotten(state, str(binary_run.resolve()))[1] is fresh  # ranked once, then remembered
     # without one, the hint trains it where this demo reads runs (POSTERLAB_CHECKPOINTS or its folder)
     assert f"--out {state.checkpoints / 'demo-fresh-rotten'}`" in fresh_rotten(state, None)[0]
+    # a demo of one run never lists that folder again: it has to start over it
+    one = DemoState(run=genre_run, examples=[])
+    assert "and start the demo over that folder (`posterlab demo --checkpoints" in fresh_rotten(one, None)[0]
     card, pick, _ = on_model(state, str(genre_run.resolve()))
     assert genre_run.name in card and pick["choices"]
     every, binary = refresh(state, None, None)

@@ -112,7 +112,7 @@ def test_an_empty_map_is_said_not_shown_as_a_blank_overlay(poster_paths):
     explanation = Explainer(predictor).explain(poster_paths[0], labels=["A", "B"])
     assert explanation.heatmaps["B"].max() == 0 and explanation.heatmaps["A"].max() > 0
     assert explanation.notes == [
-        "gradcam: no region of the poster raises the score of B, so its map is empty"
+        "gradcam found no region of the poster that stands out for B, so its map is empty"
     ]
 
 

@@ -92,6 +92,7 @@ def test_label_health_gallery_decisions_and_filters(health_app: AppTest) -> None
     assert_clean(fresh)
     assert any("2 flagged · 1 accepted" in t for t in texts(fresh.caption))
     assert fresh.selectbox(key="dataset_health_genre").value == "Horror"
+    assert fresh.selectbox(key="dataset_health_status").value == "all"
     assert fresh.selectbox(key="dataset_health_kind").value == "all"
     assert {b.key for b in fresh.button if b.key and b.key.startswith("health_keep_")} == {
         f"health_keep_{SECOND}"

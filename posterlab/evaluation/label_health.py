@@ -399,7 +399,7 @@ class Audit:
         judged = rates.dropna()
         if self.rule.multilabel:  # per label, the share of posters whose decision for it is wrong: summed
             # (not combined into a share of posters, which would need the labels to err independently)
-            estimate = f"estimated wrong labels {float(judged.sum()) * 100:.0f} per 100 posters"
+            estimate = f"estimated wrong labels {float(judged.sum()) * 100:.1f} per 100 posters"
         else:  # one label per poster: the posters whose label is wrong
             estimate = f"estimated noisy share {float(judged.sum()):.1%}"
         line = (

@@ -169,7 +169,7 @@ def test_audit_of_the_sample_ranks_injected_errors_first(clean_corrections):
     assert (flagged["given"] != flagged["suggested"]).all()
     wrong = audit.found.noise_rate.sum() * 100  # wrong (poster, label) decisions per 100 posters
     assert audit.summary().startswith(
-        f"{len(table)} posters, {len(flagged)} flagged; estimated wrong labels {wrong:.0f} per 100 posters;"
+        f"{len(table)} posters, {len(flagged)} flagged; estimated wrong labels {wrong:.1f} per 100 posters;"
     )
 
     # errors planted in the labels: remove every poster's strongest label where it carries two or more
