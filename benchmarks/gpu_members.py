@@ -39,13 +39,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ensemble import SHOWN, score  # noqa: E402
+from ensemble import RESCORED, SHOWN, read, score  # noqa: E402
 
 from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig  # noqa: E402
 
 TOP6 = ("Drama", "Comedy", "Romance", "Action", "Thriller", "Horror")
 FITS = {"fit": "crop", "extra_fits": ("pad", "squash")}
-RESCORED = "predictions_originals.csv"  # what ``rescore`` writes; ``choose`` reads it where it exists
 
 
 def _member(backbone: str, scale: float, seed: int = 0) -> TrainConfig:
@@ -188,18 +187,9 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(run: Path) -> tuple[list[str], pd.DataFrame]:
-    """A run's validation and test scores: re-scored from the original posters when ``rescore`` has."""
-    table = pd.read_csv(
-        run / (RESCORED if (run / RESCORED).is_file() else "predictions.csv"), dtype={"id": str}
-    )
-    labels = [c.removeprefix("p:") for c in table.columns if c.startswith("p:")]
-    return labels, table[table["split"].isin(["val", "test"])].set_index("id").sort_index()
-
-
 def choose(members: list[Path], extra: list[Path]) -> list[Path]:
     """Greedy forward selection (with replacement off) on validation mAP; prints each step's test."""
-    tables = {run: _read(run) for run in members + extra}
+    tables = {run: read(run) for run in members + extra}
     labels, first = tables[members[0]]
     columns = [f"p:{label}" for label in labels]
     common = first.index
