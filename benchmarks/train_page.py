@@ -63,6 +63,26 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def chromium_kind(pid: int) -> str:
+    """A chromium process's part: browser, renderer, gpu-process, utility, ..."""
+    with contextlib.suppress(OSError):
+        # chromium's children rewrite their command line as one string, arguments separated by spaces
+        for arg in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split():
+            if arg.startswith(b"--type="):
+                return arg[7:].decode()
+        return "browser"
+    return "gone"
+
+
+def cpu_by_kind(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of chromium's processes, by part."""
+    kinds: dict[str, float] = {}
+    for pid in pids:
+        kind = chromium_kind(pid)
+        kinds[kind] = kinds.get(kind, 0.0) + cpu_seconds([pid])
+    return kinds
+
+
 def memory_mib(pid: int) -> dict:
     """The process's resident memory now and at its peak (MiB)."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
@@ -202,12 +222,15 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
         fill(page, "Early-stop patience", str(args.epochs))
         watched = [server.pid]
         walls, runs, app_cpu, browser_cpu, plain_walls, idle_cpu = [], [], [], [], [], []
+        plain_cpu: list[float] = []
+        browser_kinds: list[dict[str, float]] = []
         plain = Plain(folder / "plain", folder / "checkpoints" / "warm-up")
         for repeat in range(args.repeats):  # the first computes the frozen part's output, the rest read it
             name = "timed" if repeat == 0 else f"timed-{repeat + 1}"
             prepare(page, name, args.epochs)
             browsers = pids("chrom")
             before = cpu_seconds(watched), cpu_seconds(browsers)
+            kinds_before = cpu_by_kind(browsers)
             started = time.monotonic()  # from the Start click to "completed" on the page
             start(page)
             completed(page, name)
@@ -215,10 +238,18 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
             runs.append(json.loads((folder / "checkpoints" / name / "status.json").read_text())["seconds"])
             app_cpu.append(round(cpu_seconds(watched) - before[0], 1))
             browser_cpu.append(round(cpu_seconds(pids("chrom")) - before[1], 1))
+            kinds_after = cpu_by_kind(pids("chrom"))
+            browser_kinds.append(
+                {k: round(v - kinds_before.get(k, 0.0), 2) for k, v in kinds_after.items() if k != "gone"}
+            )
             refreshed(page)
             idle = cpu_seconds(watched) + cpu_seconds(pids("chrom"))
-            plain_walls.append(plain(folder / "checkpoints" / name))
+            plain_wall, plain_process_cpu = plain(folder / "checkpoints" / name)
+            plain_walls.append(plain_wall)
+            plain_cpu.append(plain_process_cpu)
             idle_cpu.append(round(cpu_seconds(watched) + cpu_seconds(pids("chrom")) - idle, 2))
+        paired = list(zip(walls, plain_walls, strict=True))
+        paired = paired[1:] or paired
         result = {
             "wall_s": statistics.median(walls),
             "walls_s": walls,
@@ -234,10 +265,21 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
             "times_plain_cached": round(
                 statistics.median(walls[1:] or walls) / statistics.median(plain_walls[1:] or plain_walls), 2
             ),
+            # each page run over the plain run right after it (the same machine load), median over the repeats
+            # that read the frozen part back: the steadiest of the three on a machine whose speed drifts
+            "times_plain_paired": round(statistics.median(page / plain for page, plain in paired), 2),
             # CPU the app and chromium used while the plain runs trained (idle: the page's run had ended)
             "app_and_browser_cpu_during_plain_s": idle_cpu,
             "app_cpu_s": statistics.median(app_cpu),
+            # the same run's CPU in the plain process: the app's CPU beyond it is its polls and page runs
+            "plain_cpu_s": statistics.median(plain_cpu),
             "browser_cpu_s": statistics.median(browser_cpu),
+            # chromium's CPU per timed run by part (renderer: the page's script, layout and paint; gpu-process:
+            # compositing, in software here)
+            "browser_cpu_by_part_s": {
+                kind: statistics.median(run.get(kind, 0.0) for run in browser_kinds)
+                for kind in sorted({kind for run in browser_kinds for kind in run})
+            },
             "app_memory_mib": memory_mib(server.pid),  # with or without a gc.collect() after each run
             "run": str(folder / "checkpoints" / "timed"),
         }
@@ -263,10 +305,12 @@ class Plain:
         )
         self._reply()
 
-    def __call__(self, run: Path) -> float:
+    def __call__(self, run: Path) -> tuple[float, float]:
+        """Train ``run``'s config: the wall seconds it took and the process's CPU seconds meanwhile."""
         assert self.process.stdin is not None
         self.process.stdin.write(f"{run}\n")
-        return float(self._reply())
+        wall, cpu = self._reply().split()
+        return float(wall), float(cpu)
 
     def _reply(self) -> str:
         assert self.process.stdout is not None
@@ -283,7 +327,7 @@ class Plain:
 
 def plain_runs(folder: Path, warm_up: Path) -> None:
     """``--plain-runs``: train the ``warm_up`` run's config and say so, then for each run folder read from
-    stdin train its config in this process and print the seconds it took."""
+    stdin train its config in this process and print the wall and CPU seconds it took."""
     from posterlab.config import RunConfig, from_dict
     from posterlab.runs import read_json
     from posterlab.training.trainer import train_run
@@ -293,9 +337,9 @@ def plain_runs(folder: Path, warm_up: Path) -> None:
     for line in sys.stdin:
         run = Path(line.strip())
         timed = from_dict(RunConfig, read_json(run / "config.json")["run"])
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         train_run(replace(timed, name=f"{timed.name}-plain"), folder)
-        print(round(time.monotonic() - started, 1), flush=True)
+        print(round(time.monotonic() - started, 1), round(time.process_time() - cpu, 2), flush=True)
 
 
 def main() -> int:
@@ -356,7 +400,8 @@ def main() -> int:
     for name, page in result["page"].items():
         print(
             f"{name}: {page['wall_s']} s through the page, {page['times_plain']}x the plain process "
-            f"({page['times_plain_cached']}x over the runs that read the frozen part back)"
+            f"({page['times_plain_cached']}x over the runs that read the frozen part back; each of those over its "
+            f"plain run, median {page['times_plain_paired']}x); chromium {page['browser_cpu_s']} s of CPU a run"
         )
     result["load_average_end"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

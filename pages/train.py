@@ -45,6 +45,7 @@ from workbench.widgets import (
     ends_within,
     integer_epochs,
     label_controls,
+    live_container,
     progress,
     run_picker,
     show_error,
@@ -679,7 +680,7 @@ through_app()  # before anything is drawn: see workbench.through_app
 folder = state.checkpoints()
 st.title(":material/model_training: Train")
 trainers = state.trainers()
-live_panel = st.container(key=LIVE_PANEL)  # at the top, filled once the form below has had its say
+live_panel = live_container(LIVE_PANEL)  # at the top, filled once the form below has had its say
 notice = st.empty()
 st.subheader("New run")
 new_run_form(folder)  # Start starts the run here: the panel drawn next already shows it

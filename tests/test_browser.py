@@ -509,6 +509,15 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
                 "p => p.data && p.data[0] && p.data[0].x && p.data[0].x.length >= 2)",
                 timeout=60_000,
             )
+            # what the polls redraw (the panel, the sidebar's indicator) has no CSS transitions: each redraw
+            # would fade it in, half a second of frames drawn on the CPU the run trains on
+            animated = page.evaluate(
+                "() => [...document.querySelectorAll("
+                "'.st-key-train_live, .st-key-train_live *, .st-key-training_sidebar *')]"
+                ".filter(e => getComputedStyle(e).transitionDuration.split(',').some(d => parseFloat(d) > 0))"
+                ".map(e => e.className).slice(0, 3)"
+            )
+            assert animated == [], f"polled elements with CSS transitions: {animated}"
             shown = int(re.match(r"epoch (\d+)/400", progress.first.inner_text()).group(1))
             events = folder / "keep-probe" / "events.jsonl"
             done = events.read_text().count('"type": "EpochEnd"')  # epochs finished as the click lands
