@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
 ENGINES = (OPENVINO, ONNXRUNTIME)  # the order of preference when nothing was measured
 NAMES = {OPENVINO: "OpenVINO", ONNXRUNTIME: "ONNX Runtime"}
+ASYNC_CHUNK = 4  # posters a request when several are in flight (see frozen_engine)
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -424,6 +425,8 @@ def _choice_file(path: Path, names: list[str], threads: int, streams: int) -> Pa
     their versions, the threads and the machine's cores (a new engine or machine measures again)."""
     versions = {name: _version(name) for name in names}
     payload = {"engines": versions, "threads": threads, "streams": streams, "cpus": os.cpu_count()}
+    if streams > 1:  # choices made before requests in flight took chunks of ASYNC_CHUNK are measured again
+        payload["async_chunk"] = ASYNC_CHUNK
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return path.with_name(f"{path.stem}.{key}.choice.json")
 
@@ -531,8 +534,8 @@ def frozen_engine(
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (``streams`` requests in flight where it has them), checked against torch on a batch it was not traced
-    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16; no timing where that
-    leaves one choice). Beside a cached export the choice is remembered (from a timing of both chunks),
+    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16, and on an engine with
+    requests in flight; no timing where that leaves one choice). Beside a cached export the choice is remembered (from a timing of both chunks),
     and so are the check batch and torch's outputs on it: later extractions open one engine and check it
     without building the part (importing timm and building Lite0: 1.2-1.5 s). An int8 export runs on ONNX
     Runtime only and is checked for running, not for matching: it is meant to differ.
@@ -565,7 +568,12 @@ def frozen_engine(
                 best = (0.0, engine, int(chosen["chunk"]))
                 timings.append("as measured before")
                 continue
-            seconds, chunk = _fastest_chunk(engine, chunks, example, timings, alone=len(names) == 1)
+            # requests in flight (OpenVINO's streams) are fed chunks of 4: timed one request at a time, 8
+            # often measured faster, but end to end, with the loader's processes on the same cores, 8 and 16
+            # ran slower (400 posters, 4 interleaved runs each on 2 cores: 103-116 posters/s against
+            # 93-102 and 94-105): smaller chunks keep every request fed while the loader decodes
+            own = (ASYNC_CHUNK,) if getattr(engine, "streams", 1) > 1 else chunks
+            seconds, chunk = _fastest_chunk(engine, own, example, timings, alone=len(names) == 1)
             if best is None or seconds < best[0]:
                 best = (seconds, engine, chunk)
     finally:
