@@ -22,6 +22,8 @@ On the same posters (default 400 development posters with a top-6 genre):
   draft        the same posters enlarged 4x (a large-poster dataset): model inputs and probe test mAP
                with JPEG draft decoding against full decoding
   plain        (--plain) a plain seed-style loop: decode, resize and run the frozen backbone every epoch
+  chunks       (--chunks 4,8,16) extraction end to end from the same cached export with posterlab's pick,
+               only the remembered chunk size changed, interleaved --rounds times
 
 Each end-to-end measurement runs in its own process (wall time, peak RSS of that process).
 
@@ -37,6 +39,7 @@ import importlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -211,6 +214,30 @@ def extraction_by_engine(python: list[str], subset: Path, work: Path, env: dict,
             rates.setdefault(name, []).append(round(posters / max(run["features_seconds"], 1e-6), 1))
             print(f"  {name}: {rates[name][-1]} posters/s (load {os.getloadavg()[0]:.1f})", flush=True)
     return {name: {"runs": values, "best": max(values)} for name, values in rates.items()}
+
+
+def extraction_by_chunk(
+    python: list[str], subset: Path, work: Path, env: dict, rounds: int, chunks: list[int]
+) -> dict:
+    """End-to-end extraction from one cached export with posterlab's pick, the chunk size its remembered
+    choice holds set to each of ``chunks`` in turn, interleaved ``rounds`` times (posters/s)."""
+    posters = len(pd.read_csv(subset / "labels.csv"))
+    seed = work / "cache-chunks-seed"
+    _train(python, subset, work / "runs" / "chunks-seed", {**env, "POSTERLAB_CACHE_DIR": str(seed)})
+    (choice,) = (seed / "onnx").rglob("*.choice.json")
+    rates: dict[int, list[float]] = {}
+    for number in range(rounds):
+        for chunk in chunks:
+            choice.write_text(json.dumps({**json.loads(choice.read_text()), "chunk": chunk}))
+            cache = work / f"cache-chunks-{chunk}-{number}"
+            shutil.copytree(seed / "onnx", cache / "onnx")
+            run_env = {**env, "POSTERLAB_CACHE_DIR": str(cache)}
+            run = _train(python, subset, work / "runs" / f"chunks-{chunk}-{number}", run_env)
+            rates.setdefault(chunk, []).append(round(posters / max(run["features_seconds"], 1e-6), 1))
+            print(f"  chunks of {chunk}: {rates[chunk][-1]} posters/s", flush=True)
+    return {
+        str(chunk): {"runs": values, "median": statistics.median(values)} for chunk, values in rates.items()
+    }
 
 
 def _train(
@@ -391,6 +418,9 @@ def main() -> int:
         "--skip", default="", help="comma-separated parts to skip: engines,int8,draft,startup"
     )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the engine comparison")
+    parser.add_argument(
+        "--chunks", help="comma-separated chunk sizes to compare end to end (e.g. 4,8,16): see the docstring"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--bounds-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -459,6 +489,12 @@ def main() -> int:
         print("large posters: draft against full decoding ...", flush=True)
         result["draft"] = draft_check(source, work, env, args.posters)
         print(f"  {result['draft']}", flush=True)
+    if args.chunks:
+        print("extraction end to end by remembered chunk size, interleaved ...", flush=True)
+        sizes = [int(size) for size in args.chunks.split(",")]
+        result["chunks"] = extraction_by_chunk(
+            [sys.executable, "-m", "posterlab"], subset, work, env, args.rounds, sizes
+        )
     if args.plain:
         print(f"plain loop: {EPOCHS} epochs over {args.posters} posters ...", flush=True)
         plain = timed(

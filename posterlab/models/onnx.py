@@ -49,7 +49,11 @@ log = logging.getLogger(__name__)
 OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
 ENGINES = (OPENVINO, ONNXRUNTIME)  # the order of preference when nothing was measured
 NAMES = {OPENVINO: "OpenVINO", ONNXRUNTIME: "ONNX Runtime"}
-ASYNC_CHUNK = 4  # posters a request when several are in flight (see frozen_engine)
+# Posters a request when several are in flight (OpenVINO's streams), not timed: one request at a time, 8
+# often measured faster, but end to end, with the loader's processes on the same cores, 8 and 16 ran
+# slower (400 posters, 4 interleaved runs each on 2 cores: 103-116 posters/s against 93-102 and 94-105):
+# smaller chunks keep every request fed while the loader decodes.
+ASYNC_CHUNK = 4
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -568,10 +572,6 @@ def frozen_engine(
                 best = (0.0, engine, int(chosen["chunk"]))
                 timings.append("as measured before")
                 continue
-            # requests in flight (OpenVINO's streams) are fed chunks of 4: timed one request at a time, 8
-            # often measured faster, but end to end, with the loader's processes on the same cores, 8 and 16
-            # ran slower (400 posters, 4 interleaved runs each on 2 cores: 103-116 posters/s against
-            # 93-102 and 94-105): smaller chunks keep every request fed while the loader decodes
             own = (ASYNC_CHUNK,) if getattr(engine, "streams", 1) > 1 else chunks
             seconds, chunk = _fastest_chunk(engine, own, example, timings, alone=len(names) == 1)
             if best is None or seconds < best[0]:
