@@ -332,15 +332,3 @@ def test_overlapping_one_thread_blocks_give_every_thread_its_threads_back():
         "a thread started later": threads,
     }
     assert torch.get_num_threads() == threads
-
-
-@openvino_only
-def test_requests_in_flight_take_small_chunks_untimed(backbone, example, monkeypatch):
-    # timed one request at a time, 8 measured faster; end to end, with requests in flight beside the
-    # loader, 4 ran faster (issue 21): an engine with streams is not timed on chunk sizes
-    monkeypatch.setenv("POSTERLAB_ENGINE", "openvino")
-    monkeypatch.setattr(onnx, "_speed", lambda engine, batch: 0.01 if engine.chunk == 8 else 0.1)
-    streamed = frozen_engine(lambda: backbone, example, identity="async-chunk-test|", streams=2)
-    assert streamed is not None and (streamed.streams, streamed.chunk) == (2, onnx.ASYNC_CHUNK)
-    alone = frozen_engine(lambda: backbone, example, identity="async-chunk-test|", streams=1)
-    assert alone is not None and alone.chunk == 8  # one request at a time: the timing decides
