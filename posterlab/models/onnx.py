@@ -538,11 +538,12 @@ def frozen_engine(
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (``streams`` requests in flight where it has them), checked against torch on a batch it was not traced
-    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16, and on an engine with
-    requests in flight; no timing where that leaves one choice). Beside a cached export the choice is remembered (from a timing of both chunks),
-    and so are the check batch and torch's outputs on it: later extractions open one engine and check it
-    without building the part (importing timm and building Lite0: 1.2-1.5 s). An int8 export runs on ONNX
-    Runtime only and is checked for running, not for matching: it is meant to differ.
+    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16, and ``ASYNC_CHUNK`` on
+    an engine with requests in flight; no timing where that leaves one choice). Beside a cached export the
+    choice is remembered (from a timing of both chunks), and so are the check batch and torch's outputs on
+    it: later extractions open one engine and check it without building the part (importing timm and
+    building Lite0: 1.2-1.5 s). An int8 export runs on ONNX Runtime only and is checked for running, not
+    for matching: it is meant to differ.
     """
     names = [n for n in candidates() if not int8 or n == ONNXRUNTIME]
     if not names:
