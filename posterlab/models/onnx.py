@@ -253,6 +253,23 @@ def _import_openvino():
     return openvino
 
 
+_CORE_LOCK = threading.Lock()
+_CORE: list = []
+
+
+def _core(ov):
+    """The process's one ``ov.Core``, never released. Each Core loads its own CPU plugin, which maps an
+    alternate signal stack for the thread it starts on and, when released, puts back the stack it found
+    there and unmaps its own. Two Cores released in the order they were made leave that thread on an
+    unmapped stack, and the next signal Python handles there (Ctrl-C, torchrun's SIGTERM, pytest's timeout)
+    kills the process with SIGSEGV and no traceback: seen with a 2-stream engine and a 1-stream engine
+    opened on one export, then a browser test's SIGCHLD."""
+    with _CORE_LOCK:
+        if not _CORE:
+            _CORE.append(ov.Core())
+        return _CORE[0]
+
+
 def _compiled(ov, core, path: Path, config: dict):
     """``path`` compiled for the CPU with ``config``, read back from posterlab's cache when it was compiled
     before (Lite0: 0.035-0.056 s against 0.12-0.15 s to compile), else compiled and kept there.
@@ -298,7 +315,7 @@ class OpenVinoEngine(Engine):
         self.streams = max(1, streams)
         threads = self.streams if self.streams > 1 else threads
         super().__init__(threads, chunk)
-        core = ov.Core()
+        core = _core(ov)
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": self.streams,

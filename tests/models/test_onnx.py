@@ -286,6 +286,41 @@ def test_processes_opening_one_engine_at_once_all_run_it(exported, tmp_path):
     assert failures == []
 
 
+@openvino_only
+def test_engines_released_in_any_order_leave_signals_working(exported, tmp_path):
+    """OpenVINO's CPU plugin maps an alternate signal stack for its thread and, released, puts back the one
+    it found and unmaps its own: with a Core per engine, two engines released in the order they were
+    opened left the thread on an unmapped stack, and the next signal Python handled there (Ctrl-C,
+    torchrun's SIGTERM) ended the process with SIGSEGV and no traceback. In a process of its own, so a
+    crash fails this test and not the whole session."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, signal, sys\n"
+        "from pathlib import Path\n"
+        "from posterlab.models.onnx import OpenVinoEngine\n"
+        "first = OpenVinoEngine(Path(sys.argv[1]), 2, streams=2)\n"
+        "second = OpenVinoEngine(Path(sys.argv[1]), 1)\n"
+        "del first; gc.collect()\n"
+        "del second; gc.collect()\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: print('handled'))\n"
+        "signal.raise_signal(signal.SIGUSR1)\n"
+    )
+    env = {**os.environ, "POSTERLAB_CACHE_DIR": str(tmp_path / "cache")}
+    for faulthandler in ([], ["-X", "faulthandler"]):  # pytest's own processes have faulthandler's stack
+        done = subprocess.run(
+            [sys.executable, *faulthandler, "-c", code, str(exported)],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode != -signal.SIGSEGV, "the signal was delivered on an unmapped stack"
+        assert (done.returncode, done.stdout.decode().strip()) == (0, "handled"), done.stderr.decode()[-300:]
+
+
 def test_overlapping_one_thread_blocks_give_every_thread_its_threads_back():
     """torch's thread count is each thread's own and the count new threads start from. A training's check
     batch and a label audit overlap their one-thread blocks in two threads: each thread gets its count
@@ -332,3 +367,15 @@ def test_overlapping_one_thread_blocks_give_every_thread_its_threads_back():
         "a thread started later": threads,
     }
     assert torch.get_num_threads() == threads
+
+
+@openvino_only
+def test_requests_in_flight_take_small_chunks_untimed(backbone, example, monkeypatch):
+    # timed one request at a time, 8 measured faster; end to end, with requests in flight beside the
+    # loader, 4 ran faster (issue 21): an engine with streams is not timed on chunk sizes
+    monkeypatch.setenv("POSTERLAB_ENGINE", "openvino")
+    monkeypatch.setattr(onnx, "_speed", lambda engine, batch: 0.01 if engine.chunk == 8 else 0.1)
+    streamed = frozen_engine(lambda: backbone, example, identity="async-chunk-test|", streams=2)
+    assert streamed is not None and (streamed.streams, streamed.chunk) == (2, onnx.ASYNC_CHUNK)
+    alone = frozen_engine(lambda: backbone, example, identity="async-chunk-test|", streams=1)
+    assert alone is not None and alone.chunk == 8  # one request at a time: the timing decides
