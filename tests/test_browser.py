@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from posterlab import settings
-from tests.conftest import free_port, lite0_weights
+from tests.conftest import ended_with_the_session, free_port, lite0_weights
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -56,7 +56,12 @@ def serving(command: list[str], ready: str, log_path: Path, env: dict | None = N
     """Run ``command`` from the repository root until ``ready`` answers 200; stop it afterwards."""
     log = log_path.open("w")
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=ended_with_the_session,
     )
     try:
         deadline = time.monotonic() + 120

@@ -24,7 +24,7 @@ from posterlab.export import PICKLE_SUFFIXES, export_onnx, export_space, push_sp
 from posterlab.inference import Predictor
 from posterlab.models import onnx
 from posterlab.serving import served_backend
-from tests.conftest import free_port
+from tests.conftest import ended_with_the_session, free_port
 
 POSTERS = sorted((settings.SAMPLES["sample"] / "images").glob("*.jpg"))[-6:]
 
@@ -216,7 +216,12 @@ def test_bundle_starts_in_a_fresh_venv(bundle, request, tmp_path):
     env.update(PORT=str(port), HF_HUB_OFFLINE="1")
     log = (tmp_path / "app.log").open("w")
     server = subprocess.Popen(
-        [str(python), "app.py"], cwd=bundle, env=env, stdout=log, stderr=subprocess.STDOUT
+        [str(python), "app.py"],
+        cwd=bundle,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=ended_with_the_session,
     )
     try:
         deadline = time.monotonic() + 300
