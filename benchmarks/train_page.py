@@ -251,13 +251,13 @@ def through_page(folder: Path, upload: Path, args: argparse.Namespace, gc: bool,
         paired = list(zip(walls, plain_walls, strict=True))
         paired = paired[1:] or paired
         result = {
-            "wall_s": statistics.median(walls),
+            "wall_s": round(statistics.median(walls), 2),
             "walls_s": walls,
             # the run's own time in the app (its status.json): the rest of wall_s is the Start click's page
             # runs and showing the end
-            "run_s": statistics.median(runs),
+            "run_s": round(statistics.median(runs), 2),
             "runs_s": runs,
-            "plain_wall_s": statistics.median(plain_walls),
+            "plain_wall_s": round(statistics.median(plain_walls), 2),
             "plain_walls_s": plain_walls,
             "times_plain": round(statistics.median(walls) / statistics.median(plain_walls), 2),
             # the repeats that read the frozen part's output back (all but the first): the first, which
