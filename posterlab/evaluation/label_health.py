@@ -399,7 +399,10 @@ class Audit:
         judged = rates.dropna()
         if self.rule.multilabel:  # per label, the share of posters whose decision for it is wrong: summed
             # (not combined into a share of posters, which would need the labels to err independently)
-            estimate = f"estimated wrong labels {float(judged.sum()) * 100:.1f} per 100 posters"
+            estimate = (
+                f"estimated wrong labels {float(judged.sum()) * 100:.1f} per 100 posters "
+                f"({float(judged.mean()):.1%} of the yes/no decisions of {len(judged)} labels)"
+            )
         else:  # one label per poster: the posters whose label is wrong
             estimate = f"estimated noisy share {float(judged.sum()):.1%}"
         line = (

@@ -167,9 +167,11 @@ def test_audit_of_the_sample_ranks_injected_errors_first(clean_corrections):
     flagged = table[table["flagged"]]
     assert set(flagged["kind"]) <= {TAGGED_UNLIKELY, MISSING_LIKELY, f"{TAGGED_UNLIKELY}, {MISSING_LIKELY}"}
     assert (flagged["given"] != flagged["suggested"]).all()
-    wrong = audit.found.noise_rate.sum() * 100  # wrong (poster, label) decisions per 100 posters
+    rates = audit.noise_rates().dropna()
+    wrong = rates.sum() * 100  # wrong (poster, label) decisions per 100 posters
     assert audit.summary().startswith(
-        f"{len(table)} posters, {len(flagged)} flagged; estimated wrong labels {wrong:.1f} per 100 posters;"
+        f"{len(table)} posters, {len(flagged)} flagged; estimated wrong labels {wrong:.1f} per 100 posters "
+        f"({rates.mean():.1%} of the yes/no decisions of {len(rates)} labels);"
     )
 
     # errors planted in the labels: remove every poster's strongest label where it carries two or more
