@@ -327,6 +327,7 @@ def _extract(
     OpenVINO, one infer request per core in flight), so decoding and the model share both cores."""
     workers = rt.workers if rt.workers >= 0 else default_workers(rt.device)
     started, done, saved = time.monotonic(), 0, 0
+    first: tuple[int, float] | None = None  # posters and time at the first batch's end, the engine open
     outputs, engine = _outputs(job, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
     fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
     for count, output in outputs:
@@ -338,11 +339,14 @@ def _extract(
         if done == 0:
             faults.point("extracting")
         done += count
-        rate = done / max(time.monotonic() - started, 1e-6)
-        if rt.dist.main:
+        now = time.monotonic()
+        if rt.dist.main:  # the rate since the first batch: opening the engine (an export: seconds) is not it
             total = len(rows) * rt.dist.world
-            detail = f"{job.about} · {rate * rt.dist.world:.0f} posters/s"
+            detail = job.about
+            if first is not None and now > first[1]:
+                detail += f" · {(done - first[0]) / (now - first[1]) * rt.dist.world:.0f} posters/s"
             rt.control.emit(Progress("extracting", min(done * rt.dist.world, total), total, detail))
+        first = first or (done, now)
         if done - saved >= CHUNK:  # an interrupted extraction keeps what it computed
             _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
             saved = done
