@@ -45,13 +45,19 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
-def ended_with_the_session() -> None:
-    """``preexec_fn`` for servers a test starts: SIGTERM when the test process ends, however it ends (a
-    crashed session left six streamlit servers training and serving, slowing everything after it)."""
-    if sys.platform == "linux":
-        import ctypes
+if sys.platform == "linux":  # looked up here: the child, forked from a process with threads, makes one call
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    _PRCTL.argtypes = [ctypes.c_int, ctypes.c_ulong]
+
+
+def ended_with_the_session() -> None:
+    """``preexec_fn`` for servers a test starts: SIGTERM when the thread that started them ends (the
+    fixtures start them on pytest's main thread: when the test process ends, however it ends). A crashed
+    session left six streamlit servers training and serving, slowing everything after it."""
+    if sys.platform == "linux":
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
