@@ -17,14 +17,16 @@ posters of the task (after the cleaning the split was made on, so the copy needs
 WebP in two archives, the split they must reproduce, and the Lite1/Lite2 weights in float16:
 
     python benchmarks/gpu_members.py pack --data ../shared/datasets/posters --out .device
-    # there: tar -xzf p1.tar.gz -C /tmp && tar -xzf p2.tar.gz -C /tmp, then
-    python benchmarks/gpu_members.py train --data /tmp/posters --near-duplicate-bits -1 ...
+    # there (carrying .device/site too): tar -xzf p1.tar.gz -C /tmp && tar -xzf p2.tar.gz -C /tmp, then
+    PYTHONPATH=.:.device/site python benchmarks/gpu_members.py train --data /tmp/posters \
+        --near-duplicate-bits -1 ...
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import io
 import json
 import shutil
@@ -44,6 +46,9 @@ from ensemble import RESCORED, SHOWN, read, score  # noqa: E402
 from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig  # noqa: E402
 
 TOP6 = ("Drama", "Comedy", "Romance", "Action", "Thriller", "Horror")
+# posterlab's pure-Python dependencies that training imports and the lent machine's image lacks (its
+# KINDS.md list); `pack` copies them to OUT/site, to carry and put on PYTHONPATH there
+CARRIED = ("platformdirs", "imagehash", "iterstrat")
 FITS = {"fit": "crop", "extra_fits": ("pad", "squash")}
 
 
@@ -126,11 +131,32 @@ def pack(args: argparse.Namespace) -> int:
         shutil.rmtree(out / part)
         print(f"{out / part}.tar.gz: {(out / f'{part}.tar.gz').stat().st_size / 2**20:.1f} MiB")
     print(f"{weights}: {sum(f.stat().st_size for f in weights.iterdir()) / 2**20:.1f} MiB")
+    copy_packages(out / "site")
     print(f"{len(ids)} posters, mean {np.mean(sizes) / 1024:.1f} KiB (WebP quality {args.quality})")
     return 0
 
 
+def copy_packages(site: Path) -> None:
+    """The ``CARRIED`` packages, as installed here, into ``site``."""
+    for name in CARRIED:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"{name} is not installed here: pip install -e .")
+        target = site / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(
+            spec.submodule_search_locations[0], target, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    print(f"{site}: {', '.join(CARRIED)}")
+
+
 def train(args: argparse.Namespace) -> int:
+    missing = [n for n in (*CARRIED, "timm", "sklearn", "safetensors") if importlib.util.find_spec(n) is None]
+    if missing:  # before the members: each would fail on it, one after the other
+        raise SystemExit(
+            f"not importable here: {', '.join(missing)}; carry .device/site (written by pack) "
+            "and run with PYTHONPATH=.:.device/site"
+        )
     import torch
 
     from posterlab.runs import load_run, read_splits
