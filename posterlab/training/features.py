@@ -330,27 +330,30 @@ def _extract(
     first: tuple[int, float] | None = None  # posters and time at the first batch's end, the engine open
     outputs, engine = _outputs(job, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
     fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
-    for count, output in outputs:
-        for key, part in zip(job.keys, output.split(count), strict=True):
-            if key not in fresh:
-                store_dtype = np.float32 if part.ndim == 2 else np.float16
-                fresh[key] = np.empty((len(rows), *part.shape[1:]), dtype=store_dtype)
-            fresh[key][done : done + count] = part.cpu().numpy()
-        if done == 0:
-            faults.point("extracting")
-        done += count
-        now = time.monotonic()
-        if rt.dist.main:  # the rate since the first batch: opening the engine (an export: seconds) is not it
-            total = len(rows) * rt.dist.world
-            detail = job.about
-            if first is not None and now > first[1]:
-                detail += f" · {(done - first[0]) / (now - first[1]) * rt.dist.world:.0f} posters/s"
-            rt.control.emit(Progress("extracting", min(done * rt.dist.world, total), total, detail))
-        first = first or (done, now)
-        if done - saved >= CHUNK:  # an interrupted extraction keeps what it computed
-            _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
-            saved = done
-    _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
+    try:
+        for count, output in outputs:
+            for key, part in zip(job.keys, output.split(count), strict=True):
+                if key not in fresh:
+                    store_dtype = np.float32 if part.ndim == 2 else np.float16
+                    fresh[key] = np.empty((len(rows), *part.shape[1:]), dtype=store_dtype)
+                fresh[key][done : done + count] = part.cpu().numpy()
+            if done == 0:
+                faults.point("extracting")
+            done += count
+            now = time.monotonic()
+            # the rate since the first batch: opening the engine (an export: seconds) is not it
+            if rt.dist.main:
+                total = len(rows) * rt.dist.world
+                detail = job.about
+                if first is not None and now > first[1]:
+                    detail += f" · {(done - first[0]) / (now - first[1]) * rt.dist.world:.0f} posters/s"
+                rt.control.emit(Progress("extracting", min(done * rt.dist.world, total), total, detail))
+            first = first or (done, now)
+            if done - saved >= CHUNK:  # a crash loses at most one chunk
+                _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
+                saved = done
+    finally:  # a Stop (or an error) keeps what was computed: Resume picks up from there
+        _save(store, job, fresh, [digests[i] for i in rows[saved:done]], saved)
     log.info(
         "extracted %d views of %d posters at %.1f posters/s (%s)",
         len(job.views),

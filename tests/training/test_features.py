@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from posterlab.data.transforms import Preprocess
-from posterlab.events import Control, Message
+from posterlab.events import Control, Message, StopRequested
 from posterlab.models import onnx
 from posterlab.models.factory import create_model
 from posterlab.training import features
@@ -39,6 +39,7 @@ def extract(
     workers: int = 0,
     flips: bool = True,
     on_event=lambda event: None,
+    should_stop=lambda: False,
 ) -> dict[str, np.ndarray]:
     preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
     views = views_for(preprocess, fits, flips=flips)
@@ -47,7 +48,7 @@ def extract(
         job,
         [str(p) for p in paths],
         [f"{name}-{i}" for i in range(len(paths))],
-        Runtime(torch.device("cpu"), workers=workers, control=Control(on_event)),
+        Runtime(torch.device("cpu"), workers=workers, control=Control(on_event, should_stop)),
         store=FeatureStore(tmp_path / name),
     )
     return {view: table.to_array() for view, table in tables.items()}
@@ -109,6 +110,27 @@ def test_the_log_says_computing_only_when_something_is_computed(backbone, poster
     again = extract(backbone, poster_paths[:4], tmp_path, "said", fits=("crop",), on_event=record)
     assert said == ["embeddings of 4 posters (crop, crop-flip) read from the cache"]
     np.testing.assert_array_equal(first["crop"], again["crop"])
+
+
+def test_a_stop_during_extraction_keeps_what_was_computed(backbone, poster_paths, tmp_path):
+    """A Stop lands between loader batches (8 posters of two views): the posters computed before it are
+    written, however few (a chunk file holds 256), so Resume computes only the rest."""
+    checks = iter(range(100))
+    with pytest.raises(StopRequested):  # the third batch's check: two batches done
+        extract(
+            backbone,
+            poster_paths[:20],
+            tmp_path,
+            "stop",
+            fits=("crop",),
+            should_stop=lambda: next(checks) >= 2,
+        )
+    said: list[str] = []
+    record = lambda event: said.append(event.text) if isinstance(event, Message) else None  # noqa: E731
+    resumed = extract(backbone, poster_paths[:20], tmp_path, "stop", fits=("crop",), on_event=record)
+    assert said == ["computing embeddings once for 4 posters (crop, crop-flip; cached for later runs)"]
+    whole = extract(backbone, poster_paths[:20], tmp_path, "whole", fits=("crop",))
+    np.testing.assert_allclose(resumed["crop"], whole["crop"], atol=1e-5)
 
 
 def test_a_part_onnx_cannot_export_faithfully_runs_through_torch(backbone, poster_paths, tmp_path, caplog):
