@@ -230,8 +230,8 @@ def _outcome(snapshot) -> None:
         st.info(SEARCH_STOPPED, icon=":material/info:")
     elif stopped_early:
         st.warning(
-            f"Stopped {snapshot.reason or 'before its first epoch'}: Resume starts it over in its folder; "
-            "its cached features are kept, so it picks up where the extraction was.",
+            "Stopped before its first epoch: Resume starts it over in its folder; the features extracted "
+            "so far are kept, so it picks up where the extraction was.",
             icon=":material/info:",
         )
     elif snapshot.status == "stopped":

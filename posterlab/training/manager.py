@@ -115,7 +115,7 @@ def _stop_reason(run_dir: str) -> str:
         status = load_run(run_dir).status
     except Exception:  # the folder may be gone; the reason is a courtesy
         return "stopped"
-    return status.get("note") or status.get("reason") or "stopped"
+    return status.get("reason") or "stopped"  # short: the page says what a Stop keeps (status' note)
 
 
 class TrainingManager:

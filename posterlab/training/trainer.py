@@ -272,7 +272,8 @@ def _run(
         status = "stopped" if result.stopped else "completed"
         seconds = time.monotonic() - started
         total = seconds + ((load_run(folder.path).status.get("seconds_before") or 0) if resume else 0)
-        fields = {"reason": "stop requested"} if result.stopped else {}
+        # a completed run (resumed after a Stop) no longer says why it stopped
+        fields = {"reason": "stop requested"} if result.stopped else {"reason": None, "note": None}
         folder.set_status(
             status, finished=now_iso(), seconds=round(total, 1), metrics=result.headline, **fields
         )
