@@ -210,7 +210,9 @@ def _pick(chosen: list[Run], key: str) -> Run:
 
 
 def _target(run: Run) -> tuple:
-    return (run.metrics or {}).get("task"), tuple((run.metrics or {}).get("labels", ()))
+    """What a run predicts: its task and its set of labels (the same genres in another order, e.g. a Top-N
+    selection ranked on other posters, are the same target; each view matches labels by name)."""
+    return (run.metrics or {}).get("task"), tuple(sorted((run.metrics or {}).get("labels", ())))
 
 
 def comparable(runs: list[Run], most: int = 4) -> list[str]:
