@@ -292,6 +292,9 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
     from posterlab.evaluation.embedding import colour_columns
 
     path = state.dataset_path()
+    if not path:  # the sidebar's dataset cannot be read (its error is shown there)
+        st.info("Pick a dataset in the sidebar to place its posters on the map.", icon=":material/info:")
+        return
     backbone, fit = run.config.train.backbone, run.model["preprocess"]["fit"]
     c1, c2 = st.columns([3, 1])
     method = c2.radio(

@@ -545,6 +545,11 @@ def test_sidebar_dataset_folder_and_uploads(app, tmp_path) -> None:
     )
     page(app, "dataset")
     assert any("Pick a dataset" in i for i in texts(app.info))
+    page(app, "explore")  # the map places no posters (it read the server's working folder as a dataset)
+    open_tab(app, "explore_tab", "Map")
+    assert any("Pick a dataset in the sidebar to place" in i for i in texts(app.info))
+    assert not app.get("vega_lite_chart")
+    page(app, "dataset")
 
     rows = ["imdb_id,genres"] + [f"{p.stem},Drama|Comedy" for p in POSTERS[:12]]
     entries = {"mini/labels.csv": "\n".join(rows).encode()}
