@@ -488,6 +488,17 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
             expect(_number(page, "Epochs")).to_have_value("400")
             expect(_number(page, "How many of the most common")).to_have_value("6")
             expect(_selected(page, "Balancing (training split)")).to_have_value(re.compile("^oversample"))
+            # a refresh on another page keeps them too: the Dataset page's URL carries the Train page's
+            # settings, and Train reads them back (it showed patience 6 and all 24 labels, and trained so)
+            go(page, "Dataset")
+            page.reload()
+            expect(page.get_by_text("Labels to learn")).to_be_visible(timeout=120_000)
+            settle(page)
+            go(page, "Train")
+            expect(_number(page, "Early-stop patience")).to_have_value("40")
+            expect(_number(page, "Epochs")).to_have_value("400")
+            expect(_number(page, "How many of the most common")).to_have_value("6")
+            expect(_selected(page, "Balancing (training split)")).to_have_value(re.compile("^oversample"))
 
             # 3. Start: the live panel (at the top) is in view, not left above the scrolled-down form
             # 8 posters a batch: an epoch of the 300 sample posters then takes about a second, as a probe's

@@ -10,7 +10,9 @@ content digest (``state.kept_posters``).
 One gap is filled here: Streamlit drops the query on a move to another page, and a value that a widget
 read from the URL (after a reload) is not carried to the next page the way a value the user set is
 (Streamlit 1.67). So the settings in the URL are noted in the session on every run, and put back into the
-URL when another page opens, before its widgets read it.
+URL when another page opens; the page then starts again, since widgets read the URL as a run starts (put
+back during the run, the URL held the Train page's settings after a refresh on the Dataset page, while
+Train's widgets showed their defaults and a run trained on all labels).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ def is_setting(name: str) -> bool:
 
 def carry_settings(page: str) -> None:
     """Call before the page runs: on arriving at ``page`` from another one, put this session's settings
-    back into the URL; then note the URL's settings as this session's (a value set back to its default
+    back into the URL and start the run again; then note the URL's settings as this session's (a value set back to its default
     leaves the URL, and so the session)."""
     kept: dict[str, list[str]] = st.session_state.setdefault(KEPT, {})
-    if st.session_state.get(PAGE) not in (None, page):
-        for name, values in kept.items():
-            if name not in st.query_params:
-                st.query_params[name] = values
+    arrived = st.session_state.get(PAGE) not in (None, page)
     st.session_state[PAGE] = page
+    missing = {name: values for name, values in kept.items() if name not in st.query_params}
+    if arrived and missing:
+        for name, values in missing.items():
+            st.query_params[name] = values
+        st.rerun()  # widgets read the URL when a run starts: this run's start had not seen these
     st.session_state[KEPT] = {
         name: st.query_params.get_all(name) for name in st.query_params if is_setting(name)
     }
