@@ -31,8 +31,8 @@ def is_setting(name: str) -> bool:
 
 def carry_settings(page: str) -> None:
     """Call before the page runs: on arriving at ``page`` from another one, put this session's settings
-    back into the URL and start the run again; then note the URL's settings as this session's (a value set back to its default
-    leaves the URL, and so the session)."""
+    back into the URL and start the run again; then note the URL's settings as this session's (a value
+    set back to its default leaves the URL, and so the session)."""
     kept: dict[str, list[str]] = st.session_state.setdefault(KEPT, {})
     arrived = st.session_state.get(PAGE) not in (None, page)
     st.session_state[PAGE] = page
