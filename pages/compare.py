@@ -20,6 +20,7 @@ through_app()  # before anything is drawn: see workbench.through_app
 FLASH_KEY = "compare_flash"
 LEADING = ("run", "status", "backbone", "mode", "data", "target")
 TRAILING = ("epochs", "seconds", "started", "labels", "error")
+MISSING = "–"  # a metric a run does not have (st.dataframe's own word for it is "None")
 
 
 def plot(where, figure, key: str) -> None:
@@ -33,6 +34,9 @@ def delete(path: Path) -> None:
     try:
         delete_run(path)
         st.session_state[FLASH_KEY] = ("success", f"Deleted {path.name}")
+        picked = st.session_state.get("compare_runs") or []
+        if path.name in picked:  # out of the picks and the URL (a reload would have brought it back)
+            st.session_state["compare_runs"] = [name for name in picked if name != path.name]
     except PosterlabError as error:
         st.session_state[FLASH_KEY] = ("error", one_line(error))
 
@@ -55,7 +59,14 @@ def runs_overview(runs: list[Run]) -> None:
         f"baseline_{m}": st.column_config.NumberColumn(f"{m} (baseline)", format="%.3f") for m in metrics
     }
     config["seconds"] = st.column_config.NumberColumn("time (s)", format="%.0f")
-    st.dataframe(table, hide_index=True, column_order=columns, column_config=config, key="compare_table")
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_order=columns,
+        column_config=config,
+        placeholder=MISSING,
+        key="compare_table",
+    )
     st.caption(
         "Test-split metrics. The baseline predicts each label's training prevalence (multi-label) or the "
         "majority class (single-label): a run is only useful where it beats it."
@@ -111,15 +122,12 @@ def test_metrics(chosen: list[Run]) -> None:
             model, base = table[run.name], table[f"{run.name} (baseline)"]
             worse = (model >= base) & lower | (model <= base) & ~lower
             table[f"{run.name}: vs baseline"] = ["below" if w else "" for w in worse.fillna(False)]
-    # a metric a run (or its baseline) does not have is a dash: st.dataframe writes a missing number as
-    # the word "None"
-    numbers = [c for c in table.columns if not str(c).endswith(": vs baseline")]
-    shown = table.astype(object)
-    for column in numbers:
-        shown[column] = [
-            "–" if pd.isna(v) else f"{v:.3f}" for v in pd.to_numeric(table[column], errors="coerce")
-        ]
-    st.dataframe(shown, key="compare_test_metrics")
+    numbers = {
+        c: st.column_config.NumberColumn(format="%.3f")
+        for c in table.columns
+        if not str(c).endswith(": vs baseline")
+    }
+    st.dataframe(table, column_config=numbers, placeholder=MISSING, key="compare_test_metrics")
     st.caption(
         "“below”: no better than the baseline that predicts the training prevalence (or majority class)."
     )
@@ -144,7 +152,7 @@ def per_label(chosen: list[Run]) -> None:
         else None
     )
     plot(st, figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
-    st.dataframe(table, key="compare_label_table")
+    st.dataframe(table, placeholder=MISSING, key="compare_label_table")
     if "prevalence" in table:
         st.caption("prevalence is also the average precision (ap) of a model that guesses.")
     if len(chosen) > 1:
@@ -152,7 +160,7 @@ def per_label(chosen: list[Run]) -> None:
         side = pd.DataFrame(
             {r.name: {k: v.get(metric) for k, v in r.metrics["test"]["per_label"].items()} for r in chosen}
         )
-        st.dataframe(side, key="compare_label_side")
+        st.dataframe(side, placeholder=MISSING, key="compare_label_side")
 
 
 def curves_roc(chosen: list[Run]) -> None:

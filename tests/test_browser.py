@@ -381,6 +381,7 @@ def local_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     folder = tmp_path / "checkpoints"
     for run in ("demo-genres", "demo-fresh-rotten"):
         shutil.copytree(ROOT / "checkpoints" / run, folder / run)
+    shutil.copytree(ROOT / "checkpoints" / "demo-genres", folder / "old-copy")  # one to delete on Compare
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port)]
     command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
@@ -572,7 +573,20 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
             expect(_selected(page, "Run")).to_have_value(re.compile("^demo-genres"))
             shot(page, "keep-2-explore-after-refresh")
 
-            # 6. the embedded demo at 1400x900: readable table and overlays; bound where the workbench is
+            # 6. Compare: a run deleted leaves the picks and the URL (it stayed there, picked, until a reload)
+            page.goto(f"{url}/compare?compare_runs=old-copy&compare_runs=demo-genres")
+            expect(page.get_by_text("Runs to compare")).to_be_visible(timeout=120_000)
+            settle(page)
+            page.get_by_text("Delete a run").click()
+            _choose(page, "Run to delete", "old-copy")
+            page.get_by_text("Yes, delete the folder of old-copy").click()
+            settle(page)
+            page.get_by_role("button", name="Delete", exact=True).click()
+            expect(page.get_by_text("Deleted old-copy")).to_be_visible()
+            settle(page)
+            assert "old-copy" not in page.url and "compare_runs=demo-genres" in page.url, page.url
+
+            # 7. the embedded demo at 1400x900: readable table and overlays; bound where the workbench is
             page.goto(f"{url}/demo")
             frame = page.locator("iframe").first
             expect(frame).to_be_visible(timeout=120_000)

@@ -146,7 +146,7 @@ def study_panel(
         st.caption(note)
     if rows:
         with st.expander("Trials"):
-            st.dataframe(rows, hide_index=True)
+            st.dataframe(rows, hide_index=True, placeholder="–")
     if on_start is None or not any(row["state"] == "complete" for row in rows):
         return
     best = best_config(config, study)
