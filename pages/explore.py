@@ -286,7 +286,10 @@ def _like_this(space, run: Run) -> None:
     found_column.image(found["image"].tolist(), caption=captions, width=130)
 
 
-def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
+SPLITS = {"test": "its test split", "val": "its validation split", "all": "its validation and test splits"}
+
+
+def embedding_map(run: Run, table: pd.DataFrame, labels: list[str], split: str) -> None:
     """Every poster of the sidebar's dataset placed by its embedding (this run's backbone and fit),
     coloured by a label, the truth, the run's prediction, right or wrong, or its loss."""
     from posterlab.evaluation.embedding import colour_columns
@@ -331,10 +334,11 @@ def embedding_map(run: Run, table: pd.DataFrame, labels: list[str]) -> None:
         "Colour by", options, key="explore_map_colour", persist_state="session", bind="query-params"
     )
     event = st.altair_chart(map_chart(points, colour, labels), on_select="rerun", key="explore_map_chart")
+    scored = int(points["id"].isin(set(table["id"])).sum()) if "id" in table else 0
     st.caption(
         f"{len(points):,} posters of `{state.display_name(path)}` · {backbone} embeddings ({fit}) · "
-        "predictions and losses for the posters this run scored (its validation and test splits). "
-        "Drag a box to see those posters."
+        f"predictions and losses for the {scored:,} of them this run scored in {SPLITS[split]} "
+        "(the Posters choice above). Drag a box to see those posters."
     )
     picked = _picked(event, points)
     if picked is not None and len(picked):
@@ -486,7 +490,7 @@ elif tab_ranked.open:
         ranked(run, table, labels, method)
 elif tab_map.open:
     with tab_map:
-        embedding_map(run, table, labels)
+        embedding_map(run, table, labels, split)
 elif tab_maps.open:
     with tab_maps:
         activations(run, table)

@@ -440,6 +440,11 @@ def test_explore_a_run(app) -> None:
     assert_clean(app)
     assert app.get("vega_lite_chart")
     assert app.selectbox(key="explore_map_colour").value.startswith("label: ")
+    # the caption counts the posters with predictions: those of the split picked above (test), not all
+    shown = next(c for c in texts(app.caption) if re.search(r"· \d+ test posters", c))
+    scored = next(c for c in texts(app.caption) if "this run scored" in c)
+    test_count = re.search(r"· (\d+) test posters", shown).group(1)
+    assert f"for the {test_count} of them this run scored in its test split" in scored, scored
     app.selectbox(key="explore_map_colour").set_value("outcome").run()
     assert_clean(app)
     like = app.selectbox(key="explore_map_like")
