@@ -23,12 +23,6 @@ TRAILING = ("epochs", "seconds", "started", "labels", "error")
 MISSING = "–"  # a metric a run does not have (st.dataframe's own word for it is "None")
 
 
-def plot(where, figure, key: str) -> None:
-    """A chart with plotly's tool buttons down its right side: along the top (the default) they covered
-    the start of a long title on hover."""
-    where.plotly_chart(figure.update_layout(modebar={"orientation": "v"}), key=key)
-
-
 def delete(path: Path) -> None:
     """Delete button: remove a run folder (refused while it trains)."""
     try:
@@ -91,7 +85,7 @@ def curves(chosen: list[Run]) -> None:
     )
     longest = max(len(r.history) for r in chosen)
     figure = figures.curves({r.name: r.history for r in chosen}, metric)
-    plot(st, integer_epochs(figure, longest), key="compare_curves")
+    st.plotly_chart(integer_epochs(figure, longest), key="compare_curves")
 
 
 def _verdict(row: pd.Series, metrics: list[str]) -> str:
@@ -151,7 +145,7 @@ def per_label(chosen: list[Run]) -> None:
         if metric == "ap" and "prevalence" in table
         else None
     )
-    plot(st, figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
+    st.plotly_chart(figures.per_label_bars(rows, metric, baseline), key="compare_label_bars")
     st.dataframe(table, placeholder=MISSING, key="compare_label_table")
     if "prevalence" in table:
         st.caption("prevalence is also the average precision (ap) of a model that guesses.")
@@ -173,10 +167,9 @@ def curves_roc(chosen: list[Run]) -> None:
     points = interpret.roc_pr_points(predictions)
     left, right = st.columns(2)
     labels = run.metrics["labels"]
-    plot(left, figures.roc(points, labels=labels), key="compare_roc")
-    plot(right, figures.precision_recall(points, labels=labels), key="compare_pr")
-    plot(
-        st,
+    left.plotly_chart(figures.roc(points, labels=labels), key="compare_roc")
+    right.plotly_chart(figures.precision_recall(points, labels=labels), key="compare_pr")
+    st.plotly_chart(
         figures.reliability_plot(interpret.reliability(predictions), "Calibration on the test posters"),
         key="compare_reliability",
     )
@@ -197,8 +190,7 @@ def errors(chosen: list[Run]) -> None:
             persist_state="session",
             bind="query-params",
         )
-        plot(
-            st,
+        st.plotly_chart(
             figures.heatmap(matrix, "Confusion on the test posters (rows: truth)", normalise_rows=share),
             key="compare_confusion",
         )

@@ -75,3 +75,18 @@ def test_curves_after_one_epoch_show_the_point_on_sensible_axes():
     three = integer_epochs(go.Figure(go.Scatter(x=[1, 2, 3], y=[0.31, 0.4, 0.45])), 3)
     assert list(three.layout.xaxis.range) == [0.5, 3.5] and three.layout.yaxis.rangemode is None
     assert three.layout.xaxis.dtick == 1
+
+
+def test_every_chart_keeps_its_tool_buttons_off_its_title():
+    """plotly's tool buttons along the top covered the start of a chart's title on hover (the Train page's
+    loss chart): every figure posterlab draws puts them down the right side."""
+    from posterlab.evaluation import figures
+
+    history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_map": 0.3}]
+    drawn = [
+        figures.loss_curves(history, "bce"),
+        figures.curves({"run": history}, "val_map"),
+        figures.bar(pd.Series({"Drama": 3, "Comedy": 2}), "Posters per label"),
+        figures.scores_bar({"Drama": 0.7}),
+    ]
+    assert all(figure.layout.modebar.orientation == "v" for figure in drawn)

@@ -12,7 +12,12 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-_LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "template": "plotly_white"}
+# plotly's tool buttons down the right side: along the top (its default) they covered a title's start
+_LAYOUT = {
+    "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+    "template": "plotly_white",
+    "modebar": {"orientation": "v"},
+}
 PALETTE = px.colors.qualitative.D3 + px.colors.qualitative.Set2 + px.colors.qualitative.Pastel1
 REFERENCE = {"dash": "dot", "color": "grey"}  # chance, perfect calibration: never a label's colour
 
