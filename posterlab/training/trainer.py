@@ -55,6 +55,7 @@ from posterlab.runs import (
     load_run,
     load_tensors,
     now_iso,
+    read_json,
     save_tensors,
 )
 from posterlab.training import distributed
@@ -168,7 +169,7 @@ def resume_run(
         "running",
         resumed=now_iso(),
         world_size=dist.world,
-        seconds_before=round(before, 1) if checkpoint else 0,
+        seconds_before=round(before, 1),  # started over or not, the earlier sessions took this long
         **restarts,
     )
     control = Control(on_event, should_stop)
@@ -248,6 +249,14 @@ def _run(
     lease: Lease | None,
 ) -> Path:
     started = time.monotonic()
+    # a resumed run's earlier sessions (rank 0 writes the status: only it reads the folder, which another
+    # node's processes may not see)
+    earlier = float(read_json(folder.path / "status.json").get("seconds_before") or 0) if dist.main else 0.0
+
+    def took() -> float:
+        """This run's time, its earlier sessions' too."""
+        return round(earlier + time.monotonic() - started, 1)
+
     log_events = _EventLog(folder, control.on_event, dist)
     control = Control(log_events, StopSignal(folder, control.should_stop, _launched_at()))
     try:
@@ -258,6 +267,7 @@ def _run(
             folder.set_status(
                 "stopped",
                 finished=now_iso(),
+                seconds=took(),
                 note="stopped before its first epoch finished; Resume starts it over in this folder "
                 "(what was extracted, and any search trials, are kept)",
                 reason="stop requested",
@@ -266,17 +276,13 @@ def _run(
             return folder.path
         except BaseException as error:
             message = one_line(error)
-            folder.set_status("failed", finished=now_iso(), error=message)
+            folder.set_status("failed", finished=now_iso(), seconds=took(), error=message)
             log_events(Finished("failed", str(folder.path), error=message))
             raise
         status = "stopped" if result.stopped else "completed"
-        seconds = time.monotonic() - started
-        total = seconds + ((load_run(folder.path).status.get("seconds_before") or 0) if resume else 0)
         # a completed run (resumed after a Stop) no longer says why it stopped
         fields = {"reason": "stop requested"} if result.stopped else {"reason": None, "note": None}
-        folder.set_status(
-            status, finished=now_iso(), seconds=round(total, 1), metrics=result.headline, **fields
-        )
+        folder.set_status(status, finished=now_iso(), seconds=took(), metrics=result.headline, **fields)
         log_events(Finished(status, str(folder.path), metrics=result.headline))
         return folder.path
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,16 @@ def test_stop_before_the_first_epoch(runs_root):
     status = json.loads((path / "status.json").read_text())
     assert status["status"] == "stopped" and "Resume starts it over" in status["note"]
     assert not (path / "model.safetensors").exists()
+    # Resume starts it over, and the time it took counts both sessions (the page said "took 8 s" after
+    # 10 s stopped and 8 s resumed)
+    status["seconds"] = 10.0  # the first session, made long enough to tell apart from the second
+    (path / "status.json").write_text(json.dumps(status))
+    started = time.monotonic()
+    resume_run(path)
+    this_session = time.monotonic() - started
+    status = json.loads((path / "status.json").read_text())
+    assert status["status"] == "completed" and status["seconds_before"] == 10.0
+    assert 10.0 < status["seconds"] <= 10.0 + this_session + 0.1, status["seconds"]
 
 
 def test_failure_is_recorded_with_the_error(runs_root):
