@@ -444,14 +444,21 @@ def compute_features(
     first = {d: i for i, d in reversed(list(enumerate(digests)))}
     missing = sorted({i for key in job.keys for i in store.table(key, unique)[1]})
     views = ", ".join(view.name for view in job.views)
-    if missing:
-        rt.control.emit(
-            Message(f"computing {job.about} once for {len(missing)} posters ({views}; cached for later runs)")
-        )
+    # every process takes the same collectives whatever its own cache holds: two machines that do not
+    # share a cache folder (one warm, one cold) or a cache another job fills meanwhile give them different
+    # ``missing``, and a process that skipped the vote and the barrier paired its next collective with them
+    if rt.dist.any(bool(missing)):
+        if missing:
+            rt.control.emit(
+                Message(
+                    f"computing {job.about} once for {len(missing)} posters ({views}; cached for later runs)"
+                )
+            )
         mine = missing[rt.dist.rank :: rt.dist.world]
         stopped = False
         try:
-            _extract(job, paths, digests, [first[unique[i]] for i in mine], rt, store)
+            if mine:
+                _extract(job, paths, digests, [first[unique[i]] for i in mine], rt, store)
         except StopRequested:
             stopped = True
         if rt.dist.any(stopped):
@@ -459,19 +466,20 @@ def compute_features(
         rt.dist.barrier()
     else:
         rt.control.emit(Message(f"{job.about} of {len(unique)} posters ({views}) read from the cache"))
+    # another machine's share, in a cache folder this one cannot see: computed here, and a Stop during it
+    # agreed by every process (alone, it left the others training into collectives this one never joins)
+    still = sorted({first[digests[i]] for key in job.keys for i in store.table(key, digests)[1]})
+    stopped = False
+    try:
+        if still:
+            _extract(job, paths, digests, still, replace(rt, dist=SINGLE), store)
+    except StopRequested:
+        stopped = True
+    if rt.dist.any(stopped):
+        raise StopRequested()
     tables = {}
     for view, key in zip(job.views, job.keys, strict=True):
-        table, still = store.table(key, digests)
-        if still:  # another machine's share, in a cache folder this one cannot see
-            _extract(
-                job,
-                paths,
-                digests,
-                sorted({first[digests[i]] for i in still}),
-                replace(rt, dist=SINGLE),
-                store,
-            )
-            table, still = store.table(key, digests)
-        assert table is not None and not still
+        table, left = store.table(key, digests)
+        assert table is not None and not left
         tables[view.name] = table
     return tables

@@ -183,3 +183,57 @@ def test_new_posters_after_a_cached_export_never_build_the_part(
         first, paths, [f"c{i}" for i in range(6)], runtime, FeatureStore(tmp_path / "torch")
     )
     np.testing.assert_allclose(tables["crop"].to_array(), plain["crop"].to_array(), atol=1e-4, rtol=1e-4)
+
+
+def _two_machines(rank: int, port: int, root: str, paths: list[str], stop_rank: int, out: str) -> None:
+    """One of two processes whose cache folders are not shared: rank 0's already holds every poster."""
+    import datetime
+    import json
+    import os
+    from pathlib import Path
+
+    import torch.distributed as torch_dist
+
+    from posterlab.training.distributed import Dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    timeout = datetime.timedelta(seconds=20)  # a collective paired wrongly fails here, not in 30 min
+    torch_dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timeout)
+    torch.manual_seed(0)
+    frozen = create_model("posterlab_small_cnn", 2, pretrained=False).backbone.eval()
+    views = views_for(Preprocess.for_model(frozen), ("crop",), flips=False)
+    job = Extraction(lambda: frozen, views, ["key-crop"], about="embeddings")
+    store, digests = FeatureStore(Path(root) / f"machine-{rank}"), [f"d{i}" for i in range(len(paths))]
+    if rank == 0:  # an earlier run on this machine
+        compute_features(job, paths, digests, Runtime(torch.device("cpu"), workers=0), store=store)
+    dist = Dist(rank=rank, world=2, backend="gloo")
+    control = Control(lambda event: None, lambda: rank == stop_rank)
+    try:
+        tables = compute_features(
+            job, paths, digests, Runtime(torch.device("cpu"), dist, 0, control=control), store
+        )
+        outcome = f"rows {len(tables['crop'].to_array())}"
+    except StopRequested:
+        outcome = "stopped"
+    outcome += f", then {dist.broadcast('the next collective')}"  # the run's next collective, paired right
+    Path(out, f"rank-{rank}.json").write_text(json.dumps(outcome))
+    torch_dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("stop_rank", [-1, 1], ids=["extracting", "stopped-on-the-cold-machine"])
+def test_two_machines_one_cache_warm_one_cold_take_the_same_collectives(poster_paths, tmp_path, stop_rank):
+    """Two machines that do not share a cache folder, one warm, one cold: the warm one skipped the stop
+    vote and the barrier that the cold one entered, which then paired with the warm one's next collective
+    (a hang until the process group's timeout, 30 minutes in a run); a Stop on the cold one alone reached
+    only it. Both processes must come out of extraction together, and stopped together."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port
+
+    paths = [str(p) for p in poster_paths[:8]]
+    mp.spawn(_two_machines, args=(free_port(), str(tmp_path), paths, stop_rank, str(tmp_path)), nprocs=2)
+    outcomes = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    expected = "stopped" if stop_rank >= 0 else "rows 8"
+    assert outcomes == [f"{expected}, then the next collective"] * 2, outcomes
