@@ -346,25 +346,30 @@ class OpenVinoEngine(Engine):
 
         queue.set_callback(finished)
         pending: deque[tuple[object, list[int]]] = deque()
-        count = 0
+        count, failure = 0, None
         try:
-            for tag, batch in batches:
-                batch = np.ascontiguousarray(batch, dtype=np.float32)
-                numbers = []
-                for i in range(0, len(batch), self.chunk):
-                    queue.start_async({0: batch[i : i + self.chunk]}, count)  # waits for a free request
-                    numbers.append(count)
-                    count += 1
-                pending.append((tag, numbers))
-                while pending and all(n in done for n in pending[0][1]):
-                    tag, numbers = pending.popleft()
-                    yield tag, np.concatenate([done.pop(n) for n in numbers])
+            try:
+                for tag, batch in batches:
+                    batch = np.ascontiguousarray(batch, dtype=np.float32)
+                    numbers = []
+                    for i in range(0, len(batch), self.chunk):
+                        queue.start_async({0: batch[i : i + self.chunk]}, count)  # waits for a free request
+                        numbers.append(count)
+                        count += 1
+                    pending.append((tag, numbers))
+                    while pending and all(n in done for n in pending[0][1]):
+                        tag, numbers = pending.popleft()
+                        yield tag, np.concatenate([done.pop(n) for n in numbers])
+            except Exception as error:  # the input failed (a Stop): the batches in flight are delivered first
+                failure = error
             queue.wait_all()
             while pending:
                 tag, numbers = pending.popleft()
                 yield tag, np.concatenate([done.pop(n) for n in numbers])
+            if failure is not None:
+                raise failure
         finally:
-            queue.wait_all()  # a stop request leaves no request writing into freed memory
+            queue.wait_all()  # a consumer that stops early leaves no request writing into freed memory
 
 
 KINDS: dict[str, type[Engine]] = {OPENVINO: OpenVinoEngine, ONNXRUNTIME: OnnxRuntimeEngine}

@@ -125,10 +125,16 @@ def test_a_stop_during_extraction_keeps_what_was_computed(backbone, poster_paths
             fits=("crop",),
             should_stop=lambda: next(checks) >= 2,
         )
+    # how many batches' outputs were in when the Stop landed depends on the engine's requests in flight
+    # (OpenVINO runs one per core): at least the first batch's
+    _, left = FeatureStore(tmp_path / "stop").table("key-crop", [f"stop-{i}" for i in range(20)])
+    assert 0 < len(left) <= 12, left
     said: list[str] = []
     record = lambda event: said.append(event.text) if isinstance(event, Message) else None  # noqa: E731
     resumed = extract(backbone, poster_paths[:20], tmp_path, "stop", fits=("crop",), on_event=record)
-    assert said == ["computing embeddings once for 4 posters (crop, crop-flip; cached for later runs)"]
+    assert said == [
+        f"computing embeddings once for {len(left)} posters (crop, crop-flip; cached for later runs)"
+    ]
     whole = extract(backbone, poster_paths[:20], tmp_path, "whole", fits=("crop",))
     np.testing.assert_allclose(resumed["crop"], whole["crop"], atol=1e-5)
 
