@@ -23,7 +23,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-PHASES = ("scanning", "extracting", "first-epoch", "later-epoch", "checkpoint", "evaluating")
+PHASES = ("scanning", "extracting", "first-epoch", "later-epoch", "checkpoint", "evaluating", "finishing")
 VARIABLE = "POSTERLAB_FAULT"
 
 

@@ -17,7 +17,9 @@ import pytest
 
 from posterlab import runs
 from posterlab.errors import RunError
+from posterlab.events import EpochEnd
 from posterlab.runs import Lease, RunFolder, delete_run, load_run, read_lease
+from posterlab.training.trainer import resume_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +133,28 @@ def test_a_command_line_run_killed_before_its_first_checkpoint_reads_interrupted
     assert resumed.returncode == 0
     run = load_run(run_dir)
     assert run.state == "completed" and [row["epoch"] for row in run.history] == [1, 2]
+
+
+def test_a_run_killed_as_it_finishes_resumes_without_training_again(tmp_path):
+    """SIGKILL once every file of a finished run is written, before its status says completed: it read as
+    interrupted with its checkpoint already deleted, and Resume trained it again from epoch 1. The checkpoint
+    now goes only after the status: Resume finds the last epoch's, trains nothing and completes it."""
+    run_dir = tmp_path / "finishing"
+    train = [sys.executable, "-m", "posterlab", "train", "--data", "sample", "--genres", "4", "--limit", "80"]
+    train += ["--backbone", "posterlab_small_cnn", "--no-pretrained", "--mode", "full", "--epochs", "2"]
+    train += ["--num-workers", "0", "--out", str(run_dir), "-q"]
+    killed = subprocess.run(train, env={**os.environ, "POSTERLAB_FAULT": "finishing"}, cwd=ROOT, timeout=600)
+    assert killed.returncode == -9
+    killed_run = load_run(run_dir)
+    assert killed_run.state == "failed" and (run_dir / "resume.safetensors").exists()
+    # the time of the killed session, up to its last checkpoint, is counted in the next one's
+    assert killed_run.status["seconds"] > 0, killed_run.status
+    trained = []
+    resume_run(run_dir, on_event=lambda event: trained.append(event) if isinstance(event, EpochEnd) else None)
+    run = load_run(run_dir)
+    assert run.state == "completed" and trained == [], trained
+    assert run.status["seconds_before"] == killed_run.status["seconds"] < run.status["seconds"]
+    assert [row["epoch"] for row in run.history] == [1, 2] and not (run_dir / "resume.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------------ collectives

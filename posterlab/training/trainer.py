@@ -262,7 +262,7 @@ def _run(
     try:
         log_events(Started(str(folder.path), resumed=resume))
         try:
-            result = _train(folder, config, device, control, dist, resume)
+            result = _train(folder, config, device, control, dist, resume, took)
         except StopRequested:
             folder.set_status(
                 "stopped",
@@ -280,9 +280,15 @@ def _run(
             log_events(Finished("failed", str(folder.path), error=message))
             raise
         status = "stopped" if result.stopped else "completed"
-        # a completed run (resumed after a Stop) no longer says why it stopped
-        fields = {"reason": "stop requested"} if result.stopped else {"reason": None, "note": None}
+        # a completed run (resumed after a Stop) no longer says why it stopped, nor a Stop after its first
+        # epoch that it would start over
+        fields = {"reason": "stop requested" if result.stopped else None, "note": None}
+        faults.point("finishing")  # every file written, the status not yet
         folder.set_status(status, finished=now_iso(), seconds=took(), metrics=result.headline, **fields)
+        if not result.stopped and folder.writes:
+            # only now: removed before the status said completed, a kill between the two left a finished
+            # run that read as interrupted with no checkpoint, and Resume trained it again from epoch 1
+            (folder.path / "resume.safetensors").unlink(missing_ok=True)
         log_events(Finished(status, str(folder.path), metrics=result.headline))
         return folder.path
     finally:
@@ -393,15 +399,15 @@ class Checkpoint(Callback):
     """After every epoch: the resume checkpoint (one safetensors file), history and status, written by
     rank 0 in a background thread so that the next epoch starts at once (the tensors are copied first)."""
 
-    def __init__(self, folder: RunFolder, hyper: dict, epochs: int) -> None:
-        self.folder, self.hyper, self.epochs = folder, hyper, epochs
+    def __init__(self, folder: RunFolder, hyper: dict, epochs: int, took: Callable[[], float]) -> None:
+        self.folder, self.hyper, self.epochs, self.took = folder, hyper, epochs, took
         self.thread: threading.Thread | None = None
 
     def after_epoch(self, fit: Fit) -> None:
         if not self.folder.writes:
             return
         tensors, meta = _resume_state(fit, self.hyper)
-        history, epoch = list(fit.state.history), fit.state.epoch
+        history, epoch, seconds = list(fit.state.history), fit.state.epoch, self.took()
         self.wait()
 
         def write() -> None:
@@ -410,7 +416,8 @@ class Checkpoint(Callback):
             )
             faults.point("checkpoint")
             self.folder.write("history.json", history)
-            self.folder.set_status("running", epoch=epoch, epochs=self.epochs)
+            # the time so far, earlier sessions' too: a session killed later adds it to the next one's
+            self.folder.set_status("running", epoch=epoch, epochs=self.epochs, seconds=seconds)
 
         self.thread = background.start(write, name="posterlab-checkpoint")
 
@@ -443,7 +450,7 @@ def _resume_state(fit: Fit, hyper: dict) -> tuple[dict[str, torch.Tensor], dict]
         "best_metric": state.best_metric if not math.isnan(state.best_metric) else None,
         "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs,
-        "history": state.history,
+        "history": [dict(row) for row in state.history],  # serialised later, in the writer's thread
         "session": state.session,
         "param_groups": optim["param_groups"],
         "optimizer_state": plain,
@@ -542,7 +549,13 @@ def _prepare(config: RunConfig, folder: RunFolder, control: Control, dist: Dist)
 
 
 def _train(
-    folder: RunFolder, config: RunConfig, device: torch.device, control: Control, dist: Dist, resume: bool
+    folder: RunFolder,
+    config: RunConfig,
+    device: torch.device,
+    control: Control,
+    dist: Dist,
+    resume: bool,
+    took: Callable[[], float],
 ) -> _Result:
     tc, dc = config.train, config.data
     seed_everything(tc.seed)
@@ -568,7 +581,7 @@ def _train(
         chosen, table = search(SearchInputs(plan, prepared, learner, dc.balance, control, folder.path), tc)
         folder.write("search.json", table)
     hyper = {"lr": chosen.lr, "dropout": chosen.dropout, "weight_decay": chosen.weight_decay}
-    callbacks: list[Callback] = [Stop(control), Events(control), Checkpoint(folder, hyper, tc.epochs)]
+    callbacks: list[Callback] = [Stop(control), Events(control), Checkpoint(folder, hyper, tc.epochs, took)]
     if tc.mode == "finetune" and tc.gradual_every > 0:
         callbacks.insert(0, GradualUnfreeze(plan.model, tc.gradual_every, tc.unfreeze))
     begun = time.monotonic()
@@ -659,8 +672,6 @@ def _finish(
         },
     )
     folder.write("history.json", state.history)
-    if not state.stopped and folder.writes:
-        (folder.path / "resume.safetensors").unlink(missing_ok=True)
     shown = headline(rule.task, reports["test"]["metrics"])
     control.emit(Message("test " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items() if not math.isnan(v))))
     return shown

@@ -141,8 +141,13 @@ def test_stop_before_the_first_epoch(runs_root):
     status = json.loads((path / "status.json").read_text())
     assert status["status"] == "stopped" and "Resume starts it over" in status["note"]
     assert not (path / "model.safetensors").exists()
-    # Resume starts it over, and the time it took counts both sessions (the page said "took 8 s" after
-    # 10 s stopped and 8 s resumed)
+    # stopped again after an epoch, it no longer says that Resume would start it over
+    again = Recorder(stop_after_epochs=1)
+    resume_run(path, on_event=again, should_stop=again.should_stop)
+    status = json.loads((path / "status.json").read_text())
+    assert status["status"] == "stopped" and status["note"] is None and (path / "resume.safetensors").exists()
+    # Resume goes on, and the time it took counts every session (the page said "took 8 s" after 10 s
+    # stopped and 8 s resumed)
     status["seconds"] = 10.0  # the first session, made long enough to tell apart from the second
     (path / "status.json").write_text(json.dumps(status))
     started = time.monotonic()
