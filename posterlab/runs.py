@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,15 +84,23 @@ def finite(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
-    temporary = _temporary(path)
-    temporary.write_text(json.dumps(finite(data), indent=2, allow_nan=False))
-    os.replace(temporary, path)
+    text = json.dumps(finite(data), indent=2, allow_nan=False)
+    with _replacing(path) as temporary:
+        temporary.write_text(text)
 
 
-def _temporary(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other process or thread writes (the checkpoint writer
-    and the trainer's own thread both write status.json)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (that no other process or thread writes: the checkpoint writer and
+    the trainer's own thread both write status.json) to write, then moved onto ``path``; removed if the
+    write fails (a full disk kept a hidden partial checkpoint of four times the model, and stayed full)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -107,12 +117,11 @@ def save_tensors(
 ) -> None:
     from safetensors.torch import save_file
 
-    temporary = _temporary(path)
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
-    )
-    os.chmod(temporary, 0o644)  # safetensors writes owner-only files; run folders are meant to be shared
-    os.replace(temporary, path)
+    with _replacing(path) as temporary:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary), metadata=metadata
+        )
+        os.chmod(temporary, 0o644)  # safetensors writes owner-only files; run folders are meant to be shared
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -211,9 +220,8 @@ class RunFolder:
     def write_predictions(self, frame: pd.DataFrame) -> None:
         if not self.writes:
             return
-        temporary = _temporary(self.path / "predictions.csv")
-        frame.to_csv(temporary, index=False)
-        os.replace(temporary, self.path / "predictions.csv")
+        with _replacing(self.path / "predictions.csv") as temporary:
+            frame.to_csv(temporary, index=False)
 
 
 def _config_dict(config: RunConfig, name: str) -> dict:

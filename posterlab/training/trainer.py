@@ -402,6 +402,7 @@ class Checkpoint(Callback):
     def __init__(self, folder: RunFolder, hyper: dict, epochs: int, took: Callable[[], float]) -> None:
         self.folder, self.hyper, self.epochs, self.took = folder, hyper, epochs, took
         self.thread: threading.Thread | None = None
+        self.failed: Exception | None = None
 
     def after_epoch(self, fit: Fit) -> None:
         if not self.folder.writes:
@@ -411,13 +412,16 @@ class Checkpoint(Callback):
         self.wait()
 
         def write() -> None:
-            save_tensors(
-                self.folder.path / "resume.safetensors", tensors, metadata={"resume": json.dumps(meta)}
-            )
-            faults.point("checkpoint")
-            self.folder.write("history.json", history)
-            # the time so far, earlier sessions' too: a session killed later adds it to the next one's
-            self.folder.set_status("running", epoch=epoch, epochs=self.epochs, seconds=seconds)
+            try:
+                save_tensors(
+                    self.folder.path / "resume.safetensors", tensors, metadata={"resume": json.dumps(meta)}
+                )
+                faults.point("checkpoint")
+                self.folder.write("history.json", history)
+                # the time so far, earlier sessions' too: a session killed later adds it to the next one's
+                self.folder.set_status("running", epoch=epoch, epochs=self.epochs, seconds=seconds)
+            except Exception as error:  # raised in the training thread by ``wait``
+                self.failed = error
 
         self.thread = background.start(write, name="posterlab-checkpoint")
 
@@ -425,9 +429,17 @@ class Checkpoint(Callback):
         self.wait()
 
     def wait(self) -> None:
+        """Until the last checkpoint is written; its error, if it failed (a full disk went unnoticed: the run
+        trained on for hours while its resumable point stayed where the disk filled)."""
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+        if self.failed is not None:
+            error, self.failed = self.failed, None
+            raise RunError(
+                f"{self.folder.path}: writing the epoch's checkpoint failed ({one_line(error)}); free the "
+                "space or fix the folder's permissions, then Resume from the last checkpoint written"
+            ) from error
 
 
 def _resume_state(fit: Fit, hyper: dict) -> tuple[dict[str, torch.Tensor], dict]:

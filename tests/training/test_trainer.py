@@ -333,3 +333,30 @@ def test_the_criterion_reduces_as_pytorch_does():
         bce.per_item(logits, targets).numpy(),
         rtol=1e-4,
     )
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_run_and_leaves_no_partial_file(runs_root, monkeypatch):
+    """A full disk while the epoch's checkpoint is written (in a background thread): the error was dropped
+    and the run trained on, its resumable point stuck where the disk filled, and the partial file stayed,
+    hidden, keeping the disk full. Now the run fails at once, saying what to do, and nothing is left."""
+    import errno
+
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def disk_full(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(".resume.safetensors"):
+            Path(filename).write_bytes(b"\0" * 1024)  # part of it made it to the disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    recorder = Recorder()
+    with pytest.raises(RunError, match="writing the epoch's checkpoint failed"):
+        train_run(_probe("disk-full"), runs_root, on_event=recorder)
+    status = load_run(runs_root / "disk-full").status
+    assert status["status"] == "failed" and "No space left on device" in status["error"]
+    assert "free the space" in status["error"] and "\n" not in status["error"]
+    assert len(recorder.of(EpochEnd)) <= 2  # the first epoch's failed write stops the run by the second's end
+    assert not list((runs_root / "disk-full").glob(".*.tmp")), "a partial file was left behind"
