@@ -243,3 +243,32 @@ def test_two_machines_one_cache_warm_one_cold_take_the_same_collectives(poster_p
     outcomes = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     expected = "stopped" if stop_rank >= 0 else "rows 8"
     assert outcomes == [f"{expected}, then the next collective"] * 2, outcomes
+
+
+def test_a_view_reads_the_same_alone_or_beside_another_fit(backbone, tmp_path):
+    """The cache key of a view names its own preprocess: its output must not depend on the other fits of
+    the job. On a 700 px poster a crop at 160 px with crop_pct 0.875 asks for 183 px (JPEG scale 1/2), a
+    pad for 160 (1/4); decoded once at 1/2 for both, the pad view differed from the same view alone."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        pixels = rng.integers(0, 255, (1050, 700, 3), dtype=np.uint8)
+        path = tmp_path / f"poster-{i}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+    preprocess = replace(Preprocess.for_model(backbone), crop_pct=0.875)
+
+    def pad_view(fits: tuple[str, ...], name: str) -> np.ndarray:
+        views = views_for(preprocess, fits, flips=False)
+        job = Extraction(lambda: backbone, views, [f"{name}-{v.name}" for v in views], about="embeddings")
+        store = FeatureStore(tmp_path / name)
+        tables = compute_features(
+            job, paths, [f"d{i}" for i in range(4)], Runtime(torch.device("cpu"), workers=0), store
+        )
+        return tables["pad"].to_array()
+
+    np.testing.assert_allclose(pad_view(("pad",), "alone"), pad_view(("crop", "pad"), "beside"), atol=1e-5)
