@@ -161,7 +161,10 @@ def resume_run(
             lease.release()
         raise
     folder = RunFolder(run.path, writes=dist.main)
-    checkpoint = (run.path / "resume.safetensors").exists()
+    # rank 0's look decides for every process: on a folder shared by NFS another node may not see the
+    # file yet, and a process that started over while the others resumed waited in collectives they never
+    # entered (the checkpoint itself is read by every process: the folder must be shared)
+    checkpoint = dist.broadcast((run.path / "resume.safetensors").exists())
     dist.barrier()  # every process has read the folder before rank 0 changes its status
     before = run.status.get("seconds") or sum(row.get("seconds", 0) for row in run.history)
     restarts = {"restarts": distributed.restart_count()} if distributed.restart_count() else {}
@@ -185,11 +188,20 @@ def _restarted_run(root: Path, dist: Dist) -> Path | None:
     if dist.main:
         me = _launcher()
         for run in list_runs(root):  # newest first
-            if (run.environment.get("launcher") or {}) == me and run.state != "completed":
+            if _same_launch(run.environment.get("launcher") or {}, me) and run.state != "completed":
                 found = str(run.path)
                 break
     found = dist.broadcast(found)
     return Path(found) if found else None
+
+
+def _same_launch(launcher: dict, me: dict) -> bool:
+    """Whether a run was started by the same torchrun job as this process. A rendezvous id names the job
+    on every node (after a restart rank 0 may be on another node, whose agent has another pid); torchrun's
+    default id, ``none``, names no job, and then the agent's pid must match too."""
+    if launcher.get("run_id") != me["run_id"]:
+        return False
+    return me["run_id"] not in ("", "none") or launcher.get("pid") == me["pid"]
 
 
 class StopSignal:
@@ -584,7 +596,7 @@ def _train(
     criterion = Criterion.for_target(rule.multilabel, tc.loss, weights, tc.label_smoothing).to(device)
     learner = _learner(plan, rule, criterion, monitor, device, dist)
     state, saved, chosen = None, None, tc
-    if resume and (folder.path / "resume.safetensors").exists():
+    if resume:  # agreed by every process (``resume_run``)
         state, saved = _load_resume(folder, plan.trainable)
         chosen = replace(tc, **saved["hyper"]) if saved["hyper"] else tc
         set_dropout(plan.head, chosen.dropout)

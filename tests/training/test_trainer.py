@@ -360,3 +360,18 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_and_leaves_no_partial
     assert "free the space" in status["error"] and "\n" not in status["error"]
     assert len(recorder.of(EpochEnd)) <= 2  # the first epoch's failed write stops the run by the second's end
     assert not list((runs_root / "disk-full").glob(".*.tmp")), "a partial file was left behind"
+
+
+def test_a_restarted_torchrun_job_finds_its_run_from_any_node():
+    """After an elastic restart rank 0 may be on another node, whose torchrun agent has another pid: the
+    job's rendezvous id finds its run (by the agent's pid, the restart found none, and every restart failed
+    on the run name it then tried to create again); torchrun's default id 'none' names no job, so there
+    the agent's pid must match as well."""
+    from posterlab.training.trainer import _same_launch
+
+    started = {"pid": 4242, "run_id": "job-17"}
+    assert _same_launch(started, {"pid": 999, "run_id": "job-17"})  # rank 0 now on another node
+    assert not _same_launch(started, {"pid": 4242, "run_id": "job-18"})
+    default = {"pid": 4242, "run_id": "none"}
+    assert _same_launch(default, {"pid": 4242, "run_id": "none"})
+    assert not _same_launch(default, {"pid": 999, "run_id": "none"})  # another job, also with no id
