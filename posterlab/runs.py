@@ -241,6 +241,23 @@ def _attempt() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself while the block runs (no lock file left in it): between
+    processes and between threads (each opens its own description). Without ``fcntl`` (Windows), none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # and the lock with it
+
+
 class Lease:
     """The right to train a run folder: one holder at a time, proven by a heartbeat.
 
@@ -260,18 +277,18 @@ class Lease:
 
     def acquire(self, folder: Path) -> None:
         folder = Path(folder)
-        holder = read_lease(folder)
-        if holder is not None and holder.get("token") != self.token and lease_alive(holder):
-            same_job = (
-                holder.get("job") and holder.get("job") == _job() and _attempt() > holder.get("attempt", 0)
-            )
-            if not same_job:
-                raise RunError.busy(folder, holder)
-        self.path = folder / LEASE_FILE
-        self._beat(started=now_iso())
-        confirmed = read_lease(folder)  # two starters at once: the last writer wins, the other stops here
-        if confirmed is None or confirmed.get("token") != self.token:
-            raise RunError.busy(folder, confirmed or {})
+        with _locked(folder):  # look and write as one step: two starters at once both
+            holder = read_lease(folder)  # saw no holder, both wrote, and both read their own lease back
+            if holder is not None and holder.get("token") != self.token and lease_alive(holder):
+                same_job = (
+                    holder.get("job")
+                    and holder.get("job") == _job()
+                    and _attempt() > holder.get("attempt", 0)
+                )
+                if not same_job:
+                    raise RunError.busy(folder, holder)
+            self.path = folder / LEASE_FILE
+            self._beat(started=now_iso())
         self._done.clear()
         self._thread = threading.Thread(target=self._loop, name="posterlab-heartbeat", daemon=True)
         self._thread.start()

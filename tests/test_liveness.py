@@ -257,3 +257,32 @@ def test_the_stop_vote_answers_one_batch_later_on_every_rank(monkeypatch):
     vote = StopVote(Dist(rank=0, world=2, backend="cpu:gloo,cuda:nccl"))
     assert [vote.ask(False) for _ in range(3)] == [False, False, True]
     assert vote.settle() is False
+
+
+def test_two_starters_at_once_never_both_hold_a_run(tmp_path):
+    """Two trainers acquiring one run folder at the same moment: both could read 'no holder', write their
+    lease and read their own back (the last writer's check came after the first's), and both trained it."""
+    import threading
+
+    for attempt in range(30):
+        folder = tmp_path / f"run-{attempt}"
+        folder.mkdir()
+        both = threading.Barrier(2)
+        held: list[Lease] = []
+
+        def start(folder=folder, both=both, held=held) -> None:
+            lease = Lease(every=60)
+            both.wait()
+            try:
+                lease.acquire(folder)
+                held.append(lease)
+            except RunError:
+                pass
+
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(held) == 1, f"attempt {attempt}: {len(held)} holders"
+        held[0].release()
