@@ -53,6 +53,11 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
 
 
+def _seed(value: int) -> None:
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"seed must be from 0 to {2**32 - 1} (got {value})")
+
+
 def _at_least(name: str, value: float, low: float) -> None:
     if value < low:
         raise ConfigError(f"{name} must be at least {low} (got {value})")
@@ -172,6 +177,11 @@ class DataConfig:
                 raise ConfigError(f"{name} must be between 0 and 0.5 (got {value})")
         if self.limit is not None:
             _at_least("limit", self.limit, 10)
+        _seed(self.seed)
+        if not -1 <= self.near_duplicate_bits <= 64:
+            raise ConfigError(
+                f"near_duplicate_bits must be from -1 (keep near-duplicates) to 64 (got {self.near_duplicate_bits})"
+            )
 
     @property
     def fits(self) -> tuple[str, ...]:
@@ -307,13 +317,24 @@ class TrainConfig:
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("unfreeze", self.unfreeze, 1)
+        _at_least("gradual_every", self.gradual_every, 0)
+        _at_least("patience", self.patience, 0)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
+        _seed(self.seed)
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(
+                f"backbone_lr_scale must be above 0 (got {self.backbone_lr_scale}); probe freezes it"
+            )
         _at_least("search_trials", self.search_trials, 0)
         if self.search_folds == 1 or self.search_folds < 0:
             raise ConfigError(f"search_folds must be 0 (off) or at least 2 (got {self.search_folds})")
         _choice("search_sampler", self.search_sampler, SAMPLERS)
         _choice("search_pruner", self.search_pruner, PRUNERS)
         if bool(self.search_storage) != bool(self.search_study):
-            raise ConfigError("--storage and --study go together: the processes sharing a study name both")
+            raise ConfigError(
+                "--storage and --study go together: processes that share a search all name the same storage "
+                "URL and study; give both (or neither: the search then lives in the run folder)"
+            )
         if self.search_storage and not self.search_trials:
             raise ConfigError("--storage shares a search: add --search N (the study's number of trials)")
         if not 0 < self.lr < 1:

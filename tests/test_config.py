@@ -43,6 +43,18 @@ def test_round_trip_through_json():
         (lambda: DataConfig(val_fraction=0.7), "val_fraction must be between 0 and 0.5 (got 0.7)"),
         (lambda: DataConfig(fit="stretch"), "fit must be one of crop, pad, squash (got 'stretch')"),
         (lambda: LabelConfig(top_n=0), "top_n must be at least 1 (got 0)"),
+        # accepted before, and then a run stopped at once (patience -1) or failed on a traceback (seed -1)
+        (lambda: TrainConfig(patience=-1), "patience must be at least 0 (got -1)"),
+        (lambda: TrainConfig(seed=-1), "seed must be from 0 to 4294967295 (got -1)"),
+        (lambda: DataConfig(seed=2**32), "seed must be from 0 to 4294967295 (got 4294967296)"),
+        (
+            lambda: DataConfig(near_duplicate_bits=1000),
+            "near_duplicate_bits must be from -1 (keep near-duplicates) to 64 (got 1000)",
+        ),
+        (
+            lambda: TrainConfig(backbone_lr_scale=-1),
+            "backbone_lr_scale must be above 0 (got -1); probe freezes it",
+        ),
     ],
 )
 def test_invalid_values_are_one_line_errors(build, message):
