@@ -157,6 +157,32 @@ def test_a_run_killed_as_it_finishes_resumes_without_training_again(tmp_path):
     assert [row["epoch"] for row in run.history] == [1, 2] and not (run_dir / "resume.safetensors").exists()
 
 
+def test_sigterm_to_the_whole_job_stops_an_image_run_gracefully(tmp_path):
+    """Slurm, ``timeout`` and systemd send SIGTERM to every process of a job, the data-loader processes
+    too: they died, and the run the main process was stopping read 'failed: DataLoader worker ... killed
+    by signal: Terminated'. It must read stopped, resumable."""
+    import signal
+
+    run_dir = tmp_path / "terminated"
+    train = [sys.executable, "-m", "posterlab", "train", "--data", "sample", "--genres", "4", "--limit", "80"]
+    train += ["--backbone", "posterlab_small_cnn", "--no-pretrained", "--mode", "full", "--epochs", "200"]
+    train += ["--patience", "0", "--num-workers", "1", "--out", str(run_dir), "-q"]
+    job = subprocess.Popen(train, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "history.json").exists():  # an epoch done: the loader's processes are up
+            assert job.poll() is None and time.monotonic() < deadline, "the run ended or never trained"
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGTERM)  # the whole job, as a scheduler does
+        assert job.wait(timeout=300) == 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    run = load_run(run_dir)
+    assert run.state == "stopped", run.status
+    assert (run_dir / "resume.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------ collectives
 
 

@@ -42,7 +42,7 @@ from posterlab.data.transforms import Preprocess
 from posterlab.events import Control, Message, Progress, StopRequested
 from posterlab.models.onnx import Engine, frozen_engine
 from posterlab.training.distributed import SINGLE, Dist
-from posterlab.training.loop import autocast
+from posterlab.training.loop import autocast, quiet_worker
 
 log = logging.getLogger(__name__)
 
@@ -378,9 +378,11 @@ def _inputs(
     # posters per loader step; on a CPU the engine splits them into chunks of a measured size
     size = rt.batch_size or (128 if rt.device.type == "cuda" else max(2, 16 // len(job.views)))
     pin = rt.device.type == "cuda"
-    for batch in DataLoader(
-        _Images(paths, preprocesses), batch_size=size, num_workers=workers, pin_memory=pin
-    ):
+    images = _Images(paths, preprocesses)
+    loader = DataLoader(
+        images, batch_size=size, num_workers=workers, worker_init_fn=quiet_worker, pin_memory=pin
+    )
+    for batch in loader:
         rt.control.check()
         batch = batch.to(rt.device, non_blocking=True)
         views = [batch[:, f] for f in fit_index]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -314,6 +315,13 @@ def _to_device(x: torch.Tensor, learner: Learner) -> torch.Tensor:
     return x
 
 
+def quiet_worker(_: int) -> None:
+    """A data-loader process ignores SIGTERM: sent to a whole job (Slurm, ``timeout``, systemd stop every
+    process of it) it killed the loader processes too, and their deaths failed a run that the main process
+    was stopping gracefully; the main process ends them itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader(dataset: Dataset, batch_size: int, learner: Learner, sampler=None) -> DataLoader:
     workers = learner.workers
     return DataLoader(
@@ -322,6 +330,7 @@ def _loader(dataset: Dataset, batch_size: int, learner: Learner, sampler=None) -
         sampler=sampler,
         drop_last=sampler is not None and len(dataset) > batch_size * learner.dist.world,
         num_workers=workers,
+        worker_init_fn=quiet_worker,
         pin_memory=learner.device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
