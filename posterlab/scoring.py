@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -147,30 +148,46 @@ def _rows(columns: Columns, images, probs, errors, decide) -> dict[str, list]:
     return out
 
 
+# what names the model that scored a file: the same weights, labels, thresholds and fits (the run's path
+# may differ: a run folder moved is the same model)
+IDENTITY = ("posterlab.model", "posterlab.labels", "posterlab.task", "posterlab.thresholds", "posterlab.fits")
+
+
 class _Format:
-    """Reading keys from, writing parts of and merging one output format."""
+    """Reading keys from, writing parts of and merging one output format. Every file written records the
+    model that scored it (a parquet file in its schema, a CSV in a ``.json`` beside it), and a file to go
+    on from must name this model: a second model's job found the first's file "already scored", wrote its
+    own name over it and kept the other model's scores."""
 
     def __init__(self, suffix: str, columns: Columns, metadata: dict[str, str]) -> None:
         self.suffix, self.columns, self.metadata = suffix, columns, metadata
 
     def images(self, path: Path) -> list[str]:
-        """The ``image`` column of a finished output or part (checked to have this run's columns)."""
+        """The ``image`` column of a finished output or part (checked to be this model's scores)."""
         if self.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            names = pq.read_schema(path).names
-            self._check(path, names)
+            schema = pq.read_schema(path)
+            recorded = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+            self._check(path, schema.names, recorded)
             return pq.read_table(path, columns=["image"]).column("image").to_pylist()
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
-            self._check(path, next(reader, []))
+            sidecar = _sidecar(path)
+            recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+            self._check(path, next(reader, []), recorded)
             return [row[0] for row in reader if row]
 
-    def _check(self, path: Path, names: list[str]) -> None:
+    def _check(self, path: Path, names: list[str], recorded: dict[str, str]) -> None:
         if list(names) != self.columns.names:
             raise ConfigError(
                 f"{path}: has other columns than this run writes (another model's scores?); pick a new --out "
                 "or delete it"
+            )
+        if any(recorded.get(key) != self.metadata[key] for key in IDENTITY):
+            scored_by = recorded.get("posterlab.run") or "a model it does not record"
+            raise ConfigError(
+                f"{path}: holds the scores of another model ({scored_by}); pick a new --out or delete it"
             )
 
     def write_part(self, path: Path, rows: dict[str, list]) -> None:
@@ -181,6 +198,7 @@ class _Format:
 
             pq.write_table(pa.table(rows, schema=self.columns.schema(self.metadata)), temporary)
         else:
+            _sidecar(path).write_text(json.dumps(self.metadata, indent=1))
             with open(temporary, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(self.columns.names)
@@ -201,6 +219,7 @@ class _Format:
                     for group in range(reader.num_row_groups):
                         writer.write_table(reader.read_row_group(group))
         else:
+            _sidecar(out).write_text(json.dumps(self.metadata, indent=1))
             with open(temporary, "w", encoding="utf-8", newline="") as target:
                 csv.writer(target).writerow(self.columns.names)
                 for source in sources:
@@ -208,6 +227,11 @@ class _Format:
                         handle.readline()  # its header
                         shutil.copyfileobj(handle, target)
         os.replace(temporary, out)
+
+
+def _sidecar(path: Path) -> Path:
+    """Where a CSV output records the model that scored it: ``scores.csv`` → ``scores.csv.json``."""
+    return path.with_name(path.name + ".json")
 
 
 # ---------------------------------------------------------------------------------------- backends
@@ -351,6 +375,7 @@ def _metadata(run: Path, predictor) -> dict[str, str]:
     thresholds = predictor.thresholds if predictor.thresholds is not None else []
     return {
         "posterlab.run": str(run),
+        "posterlab.model": _content_key(run / "model.safetensors"),
         "posterlab.labels": "|".join(predictor.labels),
         "posterlab.task": predictor.rule.task,
         "posterlab.thresholds": ",".join(f"{t:.6f}" for t in thresholds),
@@ -359,12 +384,19 @@ def _metadata(run: Path, predictor) -> dict[str, str]:
 
 
 def _already_scored(fmt: _Format, out: Path, parts_dir: Path) -> set[str]:
-    """The images a previous job scored: those in ``out`` and in the parts a killed job left."""
+    """The images a previous job scored (as ``_same_poster`` names them): those in ``out`` and in the parts
+    a killed job left."""
     done: set[str] = set(fmt.images(out)) if out.exists() else set()
     parts = sorted(parts_dir.glob(f"*{out.suffix.lower()}")) if parts_dir.is_dir() else []
     for part in parts:
         done.update(fmt.images(part))
-    return done
+    return {_same_poster(image) for image in done}
+
+
+def _same_poster(image: str) -> str:
+    """One name for a poster however its path was typed (``bad/pred/a.jpg`` and ``/tmp/x/bad/pred/a.jpg``
+    were scored twice into one file); an address stays as it is."""
+    return image if "://" in image else os.path.abspath(image)
 
 
 def score(
@@ -398,7 +430,7 @@ def score(
 
     everything = poster_paths(paths)
     done = _already_scored(fmt, out, parts_dir)
-    pending = [p for p in everything if p not in done]
+    pending = [p for p in everything if _same_poster(p) not in done]
     # every rank has read the same files before any of them writes a part
     dist.barrier()
     share = np.array_split(np.arange(len(pending)), dist.world)[dist.rank]

@@ -151,3 +151,30 @@ def test_two_torchrun_processes_share_the_posters(posters, reference, tmp_path):
     _check(table, reference, 24)
     assert list(table["image"]) == poster_paths([str(posters)])
     assert not os.path.exists(str(out) + ".parts")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_another_models_scores_are_never_taken_for_this_ones(posters, tmp_path, monkeypatch, suffix):
+    """A second model scoring into the first one's file found every poster 'already scored', wrote its own
+    name on the file and kept the first model's scores; and a path typed another way was scored twice."""
+    from safetensors.torch import load_file, save_file
+
+    retrained = tmp_path / "retrained"  # the same labels, thresholds and fits, other weights
+    shutil.copytree(RUN, retrained)
+    weights = load_file(retrained / "model.safetensors")
+    save_file(
+        {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+        retrained / "model.safetensors",
+    )
+    some = sorted(str(p) for p in posters.glob("*.jpg"))[:3]
+    out = tmp_path / f"scores{suffix}"
+    score(RUN, some, out, progress=False)
+    with pytest.raises(
+        ConfigError, match=r"holds the scores of another model \(.*demo-genres\); pick a new --out"
+    ):
+        score(retrained, some, out, progress=False)
+    moved = tmp_path / "moved"  # the same model in another folder goes on where it was
+    shutil.copytree(RUN, moved)
+    monkeypatch.chdir(posters)
+    again = score(moved, [os.path.relpath(p) for p in some], out, progress=False)  # typed another way
+    assert again["scored"] == 0 and again["skipped"] == 3
