@@ -200,11 +200,25 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
     return from_dict(RunConfig, _nest(flat))
 
 
+def _port(text: str) -> int:
+    """A TCP port for ``--port``."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: give one from 1 to 65535")
+    return port
+
+
 def _config_file(path: str) -> RunConfig:
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise PosterlabError(f"{path}: cannot read the config ({one_line(error)})") from None
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not text at all (a pickle)
+        raise PosterlabError(
+            f"{path}: cannot read the config ({one_line(error)}); give a run's config.json or a JSON file of "
+            "its fields"
+        ) from None
     return from_dict(RunConfig, values.get("run", values))
 
 
@@ -310,7 +324,7 @@ def _other_parsers(sub) -> None:
 
     d = sub.add_parser("demo", help="start the Gradio demo")
     d.add_argument("run", nargs="?", help="a run folder (default: every finished run under --checkpoints)")
-    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--port", type=_port, default=7860)
     d.add_argument("--host", help="interface to listen on (default: loopback; 0.0.0.0 for every interface)")
     d.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     d.add_argument("--checkpoints", help="folder of runs for the model picker (default ./checkpoints)")
@@ -680,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("posterlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # ``posterlab evaluate --json | head``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as error:  # a bug: one line unless --debug
         if out_of_memory(error) and not debug:
             print(f"posterlab: error: {one_line(error)}", file=sys.stderr)

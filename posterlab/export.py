@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from posterlab import settings
-from posterlab.errors import ModelError, PosterlabError, RunError
+from posterlab.errors import ConfigError, ModelError, PosterlabError, RunError
 from posterlab.inference import Predictor, load_model_folder
 from posterlab.models.onnx import NAMES, candidates, export_graph, open_engine
 from posterlab.runs import PICKLE_SUFFIXES, read_json
@@ -77,6 +77,8 @@ def sample_posters(count: int = PARITY_POSTERS) -> list[Path]:
 def _onnx_target(run: Path, out: Path) -> Path:
     """``out`` as a file: a folder (or a path without ``.onnx``) gets ``model.onnx`` inside it."""
     out = Path(out)
+    if out.is_file() and out.suffix != ".onnx":
+        raise ConfigError(f"{out}: a file that is not an .onnx; give a folder or a path ending in .onnx")
     if out.is_dir() or out.suffix != ".onnx":
         out = out / "model.onnx"
     if out.resolve() != (run / "model.onnx").resolve():

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from posterlab.cli import main
@@ -164,3 +166,31 @@ def test_explain_a_bad_image_is_one_line_and_writes_nothing(genre_run, tmp_path,
     [line] = [line for line in err.splitlines() if line.strip()]
     assert line.startswith(f"posterlab: error: {bad}: ") and reason in line
     assert not out.exists()
+
+
+def test_more_bad_input_is_one_line(tmp_path, capsys):
+    """Each of these ended in 'posterlab: unexpected ...' (a bug's message) rather than saying what to do."""
+    from posterlab.data.split import kfold_indices
+    from posterlab.errors import DataError
+
+    pickle = tmp_path / "config.pkl"
+    pickle.write_bytes(b"\x80\x04\x95" + bytes(range(200)))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    run = Path(__file__).resolve().parents[1] / "checkpoints" / "demo-genres"
+    for args, expected in (
+        (["train", "--config", str(pickle)], f"{pickle}: cannot read the config ("),
+        (
+            ["export", str(run), "--format", "onnx", "--out", str(notes)],
+            f"{notes}: a file that is not an .onnx",
+        ),
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"posterlab: error: {expected}") and err.count("\n") == 1, err
+    assert notes.read_text() == "mine"
+    with pytest.raises(SystemExit):
+        main(["demo", str(run), "--port", "70000"])
+    assert "70000 is not a port: give one from 1 to 65535" in capsys.readouterr().err
+    with pytest.raises(DataError, match="1000 folds need at least 1000 posters of every class"):
+        kfold_indices(np.array([0, 1] * 50), 1000, seed=0)

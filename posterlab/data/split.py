@@ -52,6 +52,13 @@ def kfold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray
     from sklearn.model_selection import StratifiedKFold
 
     rows = np.arange(len(y))
+    smallest = len(y) if y.ndim == 2 else int(np.bincount(y).min(initial=len(y)) if len(y) else 0)
+    if folds > smallest:
+        raise DataError(
+            f"{folds} folds need at least {folds} posters "
+            + ("" if y.ndim == 2 else "of every class ")
+            + f"in the training split (it has {smallest}); give fewer --folds"
+        )
     if y.ndim == 2:
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
