@@ -189,6 +189,9 @@ def test_more_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"posterlab: error: {expected}") and err.count("\n") == 1, err
     assert notes.read_text() == "mine"
+    # data with none of the run's labels: a table of NaN and exit 0 before
+    assert main(["evaluate", str(run), "--data", "sample-rt"]) == 2
+    assert "none of its 96 posters carries one of the run's labels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", str(run), "--port", "70000"])
     assert "70000 is not a port: give one from 1 to 65535" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import numpy as np
 from posterlab.data.clean import clean_dataset
 from posterlab.data.labels import apply_rule
 from posterlab.data.sources import load_dataset
-from posterlab.errors import ConfigError
+from posterlab.errors import ConfigError, DataError
 from posterlab.evaluation.metrics import evaluate_scores
 from posterlab.events import EventSink, Progress, ignore
 from posterlab.inference import Predictor
@@ -48,6 +48,11 @@ def evaluate_run(
     )
     labelled = apply_rule(cleaned.frame, predictor.rule)
     frame, y = labelled.frame, labelled.y
+    if not len(frame):  # a table of NaN and exit 0 said nothing was wrong
+        raise DataError(
+            f"{data}: none of its {len(dataset)} posters carries one of the run's labels "
+            f"({', '.join(predictor.labels)}); evaluate the run on data with those labels"
+        )
     if split != "all":
         keep = frame["id"].astype(str).isin(splits.get(split, set())).to_numpy()
         frame, y = frame[keep].reset_index(drop=True), y[keep]
@@ -60,6 +65,8 @@ def evaluate_run(
         frame["image"].tolist(), batch_size, lambda done, total: on_event(Progress("evaluating", done, total))
     )
     scored = np.array([error is None for error in errors], dtype=bool)
+    if not scored.any():
+        raise DataError(f"{data}: none of its {len(frame)} labelled posters could be read; check its images")
     probs, y = probs[scored], y[scored]
     seen = int(frame["id"][scored].astype(str).isin(splits.get("train", set())).sum())
     prior = np.asarray(predictor.info["prior"], dtype=np.float64)
