@@ -61,12 +61,24 @@ def test_unknown_genre_is_a_one_line_error():
 
 
 def test_single_label_from_genres_keeps_posters_with_exactly_one():
-    rule = resolve_rule(FRAME, LabelConfig(target="label", genres=("Drama", "Comedy", "Romance")))
+    frame = _frame(
+        [
+            (("Drama", "Romance"), None, "7.5"),
+            (("Comedy",), None, "6.0"),
+            (("Drama",), None, "8.1"),
+            (("Romance", "Musical"), None, "7.0"),
+            (("Comedy", "Drama"), None, "5.0"),
+        ]
+    )
+    rule = resolve_rule(frame, LabelConfig(target="label", genres=("Drama", "Comedy", "Romance")))
     assert rule.target == "single" and rule.task == "multiclass"
-    labelled = apply_rule(FRAME, rule)
-    assert labelled.frame["id"].tolist() == ["m1", "m2", "m4"]
-    assert labelled.y.tolist() == [1, 0, 1]
-    assert labelled.dropped["reason"].value_counts()["more than one selected genre"] == 1
+    labelled = apply_rule(frame, rule)
+    assert labelled.frame["id"].tolist() == ["m1", "m2", "m3"]
+    assert labelled.y.tolist() == [1, 0, 2]
+    assert labelled.dropped["reason"].value_counts()["more than one selected genre"] == 2
+    # in FRAME no poster carries Romance as its only one of these: a class with no poster is refused
+    with pytest.raises(DataError, match="no poster carries Romance as its only selected genre"):
+        resolve_rule(FRAME, LabelConfig(target="label", genres=("Drama", "Comedy", "Romance")))
 
 
 def test_four_single_genres_on_the_sample():
@@ -75,6 +87,18 @@ def test_four_single_genres_on_the_sample():
     labelled = apply_rule(frame, rule)
     for genres, y in zip(labelled.frame["genres"], labelled.y, strict=True):
         assert len(set(genres) & set(rule.labels)) == 1 and rule.labels[y] in genres
+
+
+def test_one_label_per_poster_keeps_only_genres_some_poster_carries_alone():
+    """All 24 sample genres as one label each: 11 were carried alone by no poster, trained as classes with
+    no poster in any split, and counted as zeros in macro F1. Left out of an 'all' or top-N selection
+    (which lets more posters carry one selected genre); refused in an explicit pick."""
+    frame = load_dataset("sample").frame
+    rule = resolve_rule(frame, LabelConfig(target="label"))
+    counts = np.bincount(apply_rule(frame, rule).y, minlength=len(rule.labels))
+    assert 2 <= len(rule.labels) < len(genre_counts(frame)) and counts.min() >= 1, (rule.labels, counts)
+    with pytest.raises(DataError, match="no poster carries .* as its only selected genre; leave"):
+        resolve_rule(frame, LabelConfig(target="label", genres=tuple(genre_counts(frame).index)))
 
 
 def test_label_column_binary():
