@@ -55,6 +55,9 @@ MIN_POSTERS = 20  # fewer and a 5-fold probe has too few posters per fold to say
 # of a handful of posters, says nothing (a genre on 1 of the 7,218 development posters was suggested for
 # 1,604, and filled the top of the list)
 MIN_PER_LABEL = 10
+# a label whose out-of-fold scores tell its posters from the others no better than this ROC AUC is not
+# judged either: on fresh / rotten (AUC 0.48, chance) the audit flagged 119 of 238 posters, some at p 0.99
+MIN_AUC = 0.6
 PSEUDO = 1.0  # tag_frequencies' pseudo-count at the prior: 0.3-1 ranked injected errors alike, 3-30 worse
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before they are combined
 
@@ -331,6 +334,7 @@ class Audit:
     found: Issues
     backbone: str
     views: tuple[str, ...]
+    separable: np.ndarray  # (k,) out-of-fold ROC AUC per label (``separation``)
 
     @property
     def labels(self) -> list[str]:
@@ -405,15 +409,28 @@ class Audit:
             )
         else:  # one label per poster: the posters whose label is wrong
             estimate = f"estimated noisy share {float(judged.sum()):.1%}"
-        line = (
-            f"{n} posters, {int(self.flagged.sum())} flagged; {estimate}; "
-            f"noise rate per label: {', '.join(f'{name} {rate:.1%}' for name, rate in judged.items())}"
-        )
-        rare = rates.index[rates.isna()]
+        line = f"{n} posters, {int(self.flagged.sum())} flagged"
+        if len(judged):
+            line += f"; {estimate}; noise rate per label: " + ", ".join(
+                f"{name} {rate:.1%}" for name, rate in judged.items()
+            )
+        few = ~judged_labels(self.y, self.rule.multilabel)
+        rare = [name for name, is_rare in zip(self.labels, few, strict=True) if is_rare]
+        guessed = [
+            name
+            for name, auc, is_rare in zip(self.labels, self.separable, few, strict=True)
+            if auc <= MIN_AUC and not is_rare
+        ]
         if len(rare):
             counts = self.y.sum(0)
             named = ", ".join(f"{name} ({int(counts[self.labels.index(name)])})" for name in rare)
             line += f"; not judged (under {MIN_PER_LABEL} posters with or without it): {named}"
+        if guessed:
+            aucs = ", ".join(f"{name} {self.separable[self.labels.index(name)]:.2f}" for name in guessed)
+            line += (
+                f"; not judged (the probe tells them apart no better than a guess, out-of-fold ROC AUC "
+                f"{aucs}): another backbone or more posters may"
+            )
         return line
 
     def changes(self) -> dict[str, dict]:
@@ -461,10 +478,22 @@ def audit_features(
         context=context_tags(labelled.frame, labelled.rule, y) if tags else None,
         on_fold=lambda done, total: control.emit(Progress("auditing", done, total, f"fold {done}/{total}")),
     )
-    found = find_issues(
-        probabilities, y, labelled.rule.multilabel, judged_labels(y, labelled.rule.multilabel)
-    )
-    return Audit(labelled.frame, labelled.rule, y, probabilities, found, backbone, tuple(views))
+    separable = separation(y, probabilities)
+    judged = judged_labels(y, labelled.rule.multilabel) & ~(separable <= MIN_AUC)
+    found = find_issues(probabilities, y, labelled.rule.multilabel, judged)
+    return Audit(labelled.frame, labelled.rule, y, probabilities, found, backbone, tuple(views), separable)
+
+
+def separation(y: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """(k,) each label's out-of-fold ROC AUC, its posters against the others (NaN where one side is
+    empty): how well the probe tells the label apart, 0.5 being a guess."""
+    from sklearn.metrics import roc_auc_score
+
+    out = np.full(y.shape[1], np.nan)
+    for k in range(y.shape[1]):
+        if 0 < y[:, k].sum() < len(y):
+            out[k] = roc_auc_score(y[:, k] > 0.5, probabilities[:, k])
+    return out
 
 
 def context_tags(frame: pd.DataFrame, rule: LabelRule, y: np.ndarray) -> np.ndarray | None:

@@ -192,6 +192,21 @@ def test_audit_of_the_sample_ranks_injected_errors_first(clean_corrections):
     assert roc_auc_score(corrupted, -noisy.found.quality) > 0.7
 
 
+def test_labels_the_probe_cannot_tell_apart_are_not_judged(clean_corrections):
+    """Embeddings that carry nothing (noise): the out-of-fold probe guesses, and a guess that came out
+    confident flagged half the posters (fresh / rotten at AUC 0.48: 119 of 238, some at p 0.99). A label
+    whose out-of-fold ROC AUC is no better than MIN_AUC is not judged, and the summary says why."""
+    from posterlab.evaluation.label_health import MIN_AUC
+
+    prepared = prepare_data(DataConfig(path="sample-rt", labels=LabelConfig(target="label")), split=False)
+    noise = np.random.default_rng(0).normal(size=(len(prepared.labelled.y), 64)).astype(np.float32)
+    audit = audit_features(prepared, {"crop": noise}, folds=5, tags=False)
+    assert (audit.separable <= MIN_AUC).all() and not audit.flagged.any()
+    assert "not judged (the probe tells them apart no better than a guess, out-of-fold ROC AUC fresh" in (
+        audit.summary()
+    )
+
+
 def test_corrections_are_applied_when_labels_are_built(clean_corrections):
     data = DataConfig(path="sample", labels=LabelConfig(genres=("Drama", "Comedy")))
     plain = prepare_data(data, split=False).labelled
