@@ -95,7 +95,16 @@ class Corrections:
     # ---------------------------------------------------------------------------------- editing
 
     def set_flagged(self, target: str, changes: dict[str, dict[str, Any]]) -> None:
-        """Replace the flagged posters of ``target`` with a new audit's (decisions are kept)."""
+        """Replace the flagged posters of ``target`` with a new audit's. A decision stays only where the new
+        audit suggests the very change it was made on: kept whatever the audit said, an 'accept' of
+        '+Drama -Romance' applied a later audit's '-Romance' that nobody reviewed."""
+
+        def same(a: Any, b: Any) -> bool:  # as stored: a loaded file's lists are an audit's tuples
+            return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+        before, decided = self.flagged.get(target, {}), self.decisions.get(target, {})
+        for poster in [p for p in decided if p not in changes or not same(changes[p], before.get(p))]:
+            del decided[poster]
         self.flagged[target] = dict(changes)
 
     def decide(self, target: str, poster: str, decision: str | None) -> None:

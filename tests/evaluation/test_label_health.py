@@ -207,6 +207,29 @@ def test_labels_the_probe_cannot_tell_apart_are_not_judged(clean_corrections):
     )
 
 
+def test_a_new_audit_keeps_only_the_decisions_on_the_change_it_suggests_again(clean_corrections):
+    """An 'accept' of '+Drama -Romance' kept through a later audit that suggested '-Romance' applied that
+    new change, which nobody had reviewed (18 of 69 accepted posters after a --genres 6 re-audit)."""
+    corrections = Corrections.load("sample")
+    corrections.set_flagged(
+        "genres",
+        {
+            "a": {"add": ["Drama"], "remove": ["Romance"]},
+            "b": {"add": ["Drama"], "remove": ["Romance"]},
+            "c": {"add": [], "remove": ["Comedy"]},
+        },
+    )
+    for poster in ("a", "b", "c"):
+        corrections.decide("genres", poster, ACCEPT)
+    corrections.save()
+    again = Corrections.load("sample")  # a later session, the file read back
+    again.set_flagged(
+        "genres", {"a": {"add": ["Drama"], "remove": ["Romance"]}, "b": {"add": [], "remove": ["Romance"]}}
+    )
+    assert again.accepted("genres") == {"a": {"add": ["Drama"], "remove": ["Romance"]}}
+    assert again.decision("genres", "b") is None and again.decision("genres", "c") is None
+
+
 def test_corrections_are_applied_when_labels_are_built(clean_corrections):
     data = DataConfig(path="sample", labels=LabelConfig(genres=("Drama", "Comedy")))
     plain = prepare_data(data, split=False).labelled
