@@ -160,7 +160,9 @@ class RunFolder:
         name = config.name or new_run_id(config)
         path = Path(root) / name
         if (path / "config.json").exists():
-            raise RunError(f"{path}: a run with this name exists; pick another name or delete it")
+            if not _never_started(path):
+                raise RunError(f"{path}: a run with this name exists; pick another name or delete it")
+            delete_run(path)  # a typo in --data must not take the name away from the corrected command
         path.mkdir(parents=True, exist_ok=True)
         lease.acquire(path)
         folder = cls(path)
@@ -520,6 +522,20 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         if rows
         else pd.DataFrame(columns=["run", "status", "backbone", "mode", "data", "target"])
     )
+
+
+# what a run that trained anything leaves (weights, epochs, a checkpoint, search trials)
+TRAINED_FILES = ("model.safetensors", "history.json", "resume.safetensors", "search.db", "search.json")
+
+
+def _never_started(path: Path) -> bool:
+    """A run that failed before it trained anything (its data could not be read, a label was unknown):
+    its folder holds only its config, status and events, and no trainer holds it."""
+    try:
+        run = load_run(path)
+    except RunError:
+        return False
+    return run.state == "failed" and not any((path / name).exists() for name in TRAINED_FILES)
 
 
 def delete_run(path: str | Path) -> None:

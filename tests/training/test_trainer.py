@@ -172,6 +172,16 @@ def test_failure_is_recorded_with_the_error(runs_root):
     assert status["error"].startswith("unknown genre(s) Space Opera; this dataset has:")
     assert recorder.of(Finished)[0].status == "failed"
     assert "fails" in [r.name for r in list_runs(runs_root)]
+    # it never trained: the corrected command may take its name (it was refused: 'a run with this name
+    # exists'); a run that trained keeps its name
+    fixed = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(genres=("Drama", "Comedy")), limit=60),
+        TrainConfig(backbone=LITE0, pretrained=False, mode="probe", epochs=1),
+        name="fails",
+    )
+    assert load_run(train_run(fixed, runs_root)).state == "completed"
+    with pytest.raises(RunError, match="a run with this name exists"):
+        train_run(fixed, runs_root)
 
 
 def test_finetune_on_cpu_caches_the_frozen_part(runs_root):
