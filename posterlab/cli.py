@@ -33,7 +33,7 @@ from posterlab.config import (
     leaves,
     to_dict,
 )
-from posterlab.errors import PosterlabError, RunError, one_line, out_of_memory
+from posterlab.errors import ConfigError, PosterlabError, RunError, one_line, out_of_memory
 
 log = logging.getLogger("posterlab")
 
@@ -584,6 +584,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from posterlab.scoring import score_command
 
         return score_command(args)
+    many = [path for path in args.images if Path(path).is_dir() or Path(path).suffix.lower() == ".csv"]
+    if many:
+        raise ConfigError(
+            f"{many[0]}: a folder or a CSV of posters is scored into a file: add --out scores.csv (or .parquet)"
+        )
     from posterlab.inference import Predictor
 
     predictor = Predictor(args.run, backend="onnx" if args.onnx else "torch")

@@ -38,7 +38,7 @@ import numpy as np
 
 from posterlab import settings
 from posterlab.data.sources import IMAGE_SUFFIXES
-from posterlab.errors import ConfigError, ImageError, ModelError, RunError, one_line
+from posterlab.errors import ConfigError, DataError, ImageError, ModelError, RunError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +429,10 @@ def score(
     parts_dir = out.with_name(out.name + PARTS_SUFFIX)
 
     everything = poster_paths(paths)
+    if not everything:
+        raise DataError(
+            f"no posters in {', '.join(map(str, paths))}: give image files, folders of them or a labels.csv"
+        )
     done = _already_scored(fmt, out, parts_dir)
     pending = [p for p in everything if _same_poster(p) not in done]
     # every rank has read the same files before any of them writes a part
@@ -491,7 +495,8 @@ def score_command(args) -> int:
     if dist.main:
         print(
             f"posterlab: {report['scored']} posters scored ({report['errors']} unreadable, written as rows with "
-            f"their error), {report['skipped']} already in {args.out}; {report['posters_per_s']} posters/s",
+            f"their error), {report['skipped']} already in {args.out}"
+            + (f"; {report['posters_per_s']} posters/s" if report["posters_per_s"] else ""),
             file=sys.stderr,
         )
         print(args.out)

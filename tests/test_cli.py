@@ -189,6 +189,12 @@ def test_more_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"posterlab: error: {expected}") and err.count("\n") == 1, err
     assert notes.read_text() == "mine"
+    # a folder without --out ('file not found'); an empty folder into a file (an empty CSV and exit 0)
+    assert main(["predict", str(run), str(tmp_path)]) == 2
+    assert "a folder or a CSV of posters is scored into a file: add --out" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(run), str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv"), "-q"]) == 2
+    assert "no posters in" in capsys.readouterr().err and not (tmp_path / "e.csv").exists()
     # data with none of the run's labels: a table of NaN and exit 0 before
     assert main(["evaluate", str(run), "--data", "sample-rt"]) == 2
     assert "none of its 96 posters carries one of the run's labels" in capsys.readouterr().err
