@@ -619,6 +619,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from posterlab.export import export_onnx, export_space, push_space
 
+    if args.push:  # before the export's seconds of work, not after them
+        from posterlab.hub import check_repo_id
+
+        check_repo_id(args.push, "space" if args.format == "space" else "model")
+
     if args.format == "onnx":
         report = export_onnx(args.run, Path(args.out))
         print(

@@ -431,6 +431,14 @@ def push_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
+def check_repo_id(repo_id: str, repo_type: str) -> None:
+    """One line naming the fix when ``repo_id`` is not a Hub id (``model`` or ``space``); called before an
+    export's seconds of work as well as before the upload."""
+    kind = {"model": ("model", "USER/MODEL"), "space": ("Space", "USER/SPACE")}[repo_type]
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise PosterlabError(f"{repo_id!r}: not a {kind[0]} id; use {kind[1]}, e.g. alice/poster-genres")
+
+
 def upload(
     folder: Path,
     repo_id: str,
@@ -442,9 +450,7 @@ def upload(
     """``folder`` uploaded to the Hub repo ``repo_id`` of ``repo_type`` (``model`` or ``space``), created
     when missing (with ``create``'s options); only ``files`` when given. One line naming the fix when the
     id is malformed, no token is available or the Hub refuses."""
-    kind = {"model": ("model", "USER/MODEL"), "space": ("Space", "USER/SPACE")}[repo_type]
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise PosterlabError(f"{repo_id!r}: not a {kind[0]} id; use {kind[1]}, e.g. alice/poster-genres")
+    check_repo_id(repo_id, repo_type)
     from huggingface_hub import HfApi, get_token
 
     token = get_token()

@@ -189,6 +189,12 @@ def test_more_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"posterlab: error: {expected}") and err.count("\n") == 1, err
     assert notes.read_text() == "mine"
+    # a malformed Hub id is refused before the export's seconds of work, not after them
+    assert (
+        main(["export", str(run), "--format", "hub", "--out", str(tmp_path / "hub"), "--push", "bad name!!"])
+        == 2
+    )
+    assert "not a model id" in capsys.readouterr().err and not (tmp_path / "hub").exists()
     # a folder without --out ('file not found'); an empty folder into a file (an empty CSV and exit 0)
     assert main(["predict", str(run), str(tmp_path)]) == 2
     assert "a folder or a CSV of posters is scored into a file: add --out" in capsys.readouterr().err
