@@ -21,6 +21,7 @@ reproduces torch on real posters; written as ``RUN/model.onnx`` it serves
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -150,6 +151,7 @@ def export_onnx(
                     "for this run"
                 )
             gaps[name], worst = gap, max(worst, gap)
+        _describe(temporary, info)
         os.replace(temporary, target)
     log.info("wrote %s (%s exporter, max |torch - onnx| %.2e)", target, exporter, worst)
     return {
@@ -159,6 +161,25 @@ def export_onnx(
         "posters": len(posters),
         "exporter": exporter,
     }
+
+
+def _describe(path: Path, info: dict) -> None:
+    """What the file's numbers mean, in its ``metadata_props``: a bare graph (``image`` in, ``logits`` out)
+    could not be read on its own. Labels (in the logits' order), task (sigmoid per label or softmax),
+    thresholds, preprocessing (input size, mean, std, crop_pct, fit), each as JSON."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    described = {
+        "posterlab.labels": info["rule"]["labels"],
+        "posterlab.task": info["rule"]["task"],
+        "posterlab.thresholds": info.get("thresholds"),
+        "posterlab.preprocess": info["preprocess"],
+        "posterlab.fits": info.get("fits"),
+        "posterlab.backbone": info["backbone"],
+    }
+    onnx.helper.set_model_props(graph, {key: json.dumps(value) for key, value in described.items()})
+    onnx.save(graph, str(path))
 
 
 # --------------------------------------------------------------------------------------- Space bundle

@@ -51,6 +51,20 @@ def test_onnx_matches_torch_on_real_posters(which, request, tmp_path):
     assert report["posters"] == len(sample_posters())
     assert Path(report["path"]) == tmp_path / "model.onnx"
     assert (tmp_path / "model.onnx").stat().st_size > 0
+    # the file says what its logits mean (a bare graph could not be read on its own)
+    import json
+
+    import onnx as onnx_format
+
+    props = {
+        p.key: json.loads(p.value) for p in onnx_format.load(str(tmp_path / "model.onnx")).metadata_props
+    }
+    info = json.loads((run / "model.json").read_text())
+    assert (
+        props["posterlab.labels"] == info["rule"]["labels"]
+        and props["posterlab.task"] == info["rule"]["task"]
+    )
+    assert props["posterlab.preprocess"] == info["preprocess"] and "posterlab.thresholds" in props
 
 
 @pytest.mark.parametrize("engine", onnx.installed())
