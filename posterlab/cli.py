@@ -422,10 +422,7 @@ class _Bars:
             print(event.text, file=sys.stderr)
         elif isinstance(event, Finished):
             self.close()
-            print(
-                f"{event.status}: {event.run_dir}" + (f" ({event.error})" if event.error else ""),
-                file=sys.stderr,
-            )
+            print(f"{event.status}: {event.run_dir}", file=sys.stderr)  # a failure's error: main's line
 
     def _progress(self, event) -> None:
         if self.quiet:

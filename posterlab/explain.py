@@ -257,6 +257,8 @@ def explain_to_file(
 ) -> Path:
     """``posterlab explain``: write the overlay for ``label`` (default: the top-scored one) as a PNG,
     beside the crop the model saw."""
+    if Path(out).suffix.lower() != ".png":  # before the work: a .txt got PNG bytes without a word
+        raise ConfigError(f"{out}: explain writes a PNG image; give --out ending in .png")
     predictor = Predictor(run)
     explanation = Explainer(predictor).explain(
         image, labels=[label] if label else None, top_k=1, method=method, name=str(image)

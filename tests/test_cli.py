@@ -189,6 +189,9 @@ def test_more_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"posterlab: error: {expected}") and err.count("\n") == 1, err
     assert notes.read_text() == "mine"
+    # explain writes a PNG: a .txt got PNG bytes without a word
+    assert main(["explain", str(run), str(notes), "--out", str(tmp_path / "why.txt")]) == 2
+    assert "explain writes a PNG image; give --out ending in .png" in capsys.readouterr().err
     # a malformed Hub id is refused before the export's seconds of work, not after them
     assert (
         main(["export", str(run), "--format", "hub", "--out", str(tmp_path / "hub"), "--push", "bad name!!"])
