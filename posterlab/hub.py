@@ -371,9 +371,14 @@ def _card_training(data: dict, run: dict, rule: dict, fits: list) -> list[str]:
     out = ["## Training data", ""]
     if data:
         sizes = data.get("sizes") or {}
+        limit = (run.get("data") or {}).get("limit")
+        # every step from the posters read to those labelled (a --limit run's card said "7218 read, 235
+        # labelled (65 dropped)", which did not add up)
+        steps = f"{data.get('cleaning_dropped', 0)} left out by cleaning"
+        steps += f", {limit} drawn at random (limit)" if limit else ""
         out += [
             f"- dataset: `{data.get('dataset', '?')}` ({data.get('kind', '?')}), {data.get('read', '?')} posters "
-            f"read, {data.get('labelled', '?')} labelled ({data.get('label_dropped', 0)} dropped: "
+            f"read, {steps}, {data.get('labelled', '?')} labelled ({data.get('label_dropped', 0)} dropped: "
             f"{', '.join(f'{k} {v}' for k, v in (data.get('label_dropped_reasons') or {}).items()) or 'none'})",
             f"- label rule: {data.get('rule', rule['task'])}",
             f"- split per movie, stratified, seeded: {', '.join(f'{k} {v}' for k, v in sizes.items())}",

@@ -181,3 +181,20 @@ def test_push_builds_the_upload(exported, monkeypatch):
     upload = calls[2][1]
     assert upload["folder_path"] == str(exported) and upload["repo_type"] == "model"
     assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_the_cards_poster_counts_add_up():
+    """A --limit 300 run's card said '7218 posters read, 235 labelled (65 dropped)': the posters left out by
+    cleaning and the 300 drawn by the limit were not named, and the counts did not add up."""
+    from posterlab.hub import _card_training
+
+    data = {"read": 7218, "cleaning_dropped": 689, "labelled": 235, "label_dropped": 65}
+    [line] = [
+        x
+        for x in _card_training(data, {"data": {"limit": 300}}, {"task": "multilabel"}, ["crop"])
+        if "read" in x
+    ]
+    assert (
+        "7218 posters read, 689 left out by cleaning, 300 drawn at random (limit), 235 labelled (65 dropped"
+        in line
+    )
