@@ -448,6 +448,7 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
     while the run trains; a probe stops within one epoch of Stop; Explore keeps its run, tab and your posters across a refresh; the embedded demo's
     table and overlays are readable (rendered widths, lines per cell) and it listens where the workbench
     does (127.0.0.1, not 127.0.0.2)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     url, folder = local_server
@@ -578,7 +579,19 @@ def test_the_workbench_keeps_what_you_did(local_server: tuple[str, Path]) -> Non
             expect(page.get_by_text("Runs to compare")).to_be_visible(timeout=120_000)
             settle(page)
             page.get_by_text("Delete a run").click()
-            _choose(page, "Run to delete", "old-copy")
+            settle(page)
+            # at the foot of the page, the list opened and shut as the expander unfolded (CI): open it with
+            # the box in view, again if need be
+            box = page.get_by_role("combobox", name="Run to delete")
+            for _ in range(3):
+                box.scroll_into_view_if_needed()
+                box.click()
+                option = page.get_by_role("option", name="old-copy")
+                with contextlib.suppress(PlaywrightTimeout):
+                    option.click(timeout=10_000)
+                    break
+            settle(page)
+            expect(page.get_by_text("Yes, delete the folder of old-copy")).to_be_visible()
             page.get_by_text("Yes, delete the folder of old-copy").click()
             settle(page)
             page.get_by_role("button", name="Delete", exact=True).click()
