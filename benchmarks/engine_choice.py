@@ -66,7 +66,7 @@ def main() -> int:
             for name, engine in engines.items():
                 best = []
                 # the chunk sizes frozen_engine times: ASYNC_CHUNK alone with requests in flight
-                for chunk in (onnx.ASYNC_CHUNK,) if getattr(engine, "streams", 1) > 1 else (4, 8):
+                for chunk in (onnx.ASYNC_CHUNK,) if getattr(engine, "streams", 1) > 1 else onnx.TIMED_CHUNKS:
                     engine.chunk = chunk
                     best.append(timed(engine, example.numpy()))
                 per_image[name] = min(best) * 1000

@@ -51,10 +51,16 @@ OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
 ENGINES = (OPENVINO, ONNXRUNTIME)  # the order of preference when nothing was measured
 NAMES = {OPENVINO: "OpenVINO", ONNXRUNTIME: "ONNX Runtime"}
 # Posters a request when several are in flight (OpenVINO's streams), not timed: one request at a time, 8
-# often measured faster, but end to end, with the loader's processes on the same cores, 8 and 16 ran
-# slower (400 posters, 4 interleaved runs each on 2 cores: 103-116 posters/s against 93-102 and 94-105):
-# smaller chunks keep every request fed while the loader decodes.
-ASYNC_CHUNK = 4
+# often measured faster, but end to end, with the loader's processes on the same cores, smaller chunks keep
+# every request fed while the loader decodes, and two requests' activations fit the caches better. 400
+# posters, 2 cores, 4 interleaved runs each (benchmarks/speed.py --chunks 2,4,1 --rounds 4): chunks of 2
+# ran 131-138 posters/s (median 137), of 1 134-136, of 4 131; earlier, 4 against 8 and 16: 103-116
+# against 93-102 and 94-105. The model alone with two requests: 198-202 posters/s in chunks of 2, 189-191 in 4.
+ASYNC_CHUNK = 2
+# Chunk sizes timed for an engine that runs one request at a time (on its first extraction of an export;
+# then remembered). One thread, Lite0, this 2-core CPU: OpenVINO 102 / 105-110 / 99-106 / 90-95 images/s
+# in chunks of 1 / 2 / 4 / 8, ONNX Runtime 92-95 / 91-94 / 85-87 / 80-82: the best is not one size.
+TIMED_CHUNKS = (1, 2, 4, 8)
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -463,6 +469,7 @@ def _choice_file(path: Path, names: list[str], threads: int, streams: int) -> Pa
     if streams > 1:  # choices made before requests in flight took chunks of ASYNC_CHUNK are measured again
         payload["async_chunk"] = ASYNC_CHUNK
     payload["timed"] = "map"  # and those timed one request at a time
+    payload["chunks"] = TIMED_CHUNKS  # and those timed on other chunk sizes
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return path.with_name(f"{path.stem}.{key}.choice.json")
 
@@ -570,9 +577,9 @@ def frozen_engine(
 
     Each installed engine (or the one ``POSTERLAB_ENGINE`` names) is opened with ``threads`` threads
     (``streams`` requests in flight where it has them), checked against torch on a batch it was not traced
-    on, and timed on ``example`` in chunks of 4 and 8 (4 only on a batch under 16, and ``ASYNC_CHUNK`` on
-    an engine with requests in flight; no timing where that leaves one choice). Beside a cached export the
-    choice is remembered (from a timing of both chunks), and so are the check batch and torch's outputs on
+    on, and timed on ``example`` in chunks of each of ``TIMED_CHUNKS`` (4 only on a batch under 16, and
+    ``ASYNC_CHUNK`` on an engine with requests in flight; no timing where that leaves one choice). Beside a
+    cached export the choice is remembered (from a timing of every chunk size), and so are the check batch and torch's outputs on
     it: later extractions open one engine and check it without building the part (importing timm and
     building Lite0: 1.2-1.5 s). An int8 export runs on ONNX Runtime only and is checked for running, not
     for matching: it is meant to differ.
@@ -593,7 +600,7 @@ def frozen_engine(
     chosen = _read_choice(memory, names)
     if chosen is not None:  # measured by an earlier extraction of this export on this machine
         names = [chosen["engine"]]
-    chunks = (4, 8) if len(example) >= 16 else (4,)  # a smaller first batch times chunks of 4 only
+    chunks = TIMED_CHUNKS if len(example) >= 16 else (4,)  # a smaller first batch times chunks of 4 only
     pool = ThreadPoolExecutor(1, thread_name_prefix="torch-check")
     try:
         soon = _torch_outputs(kept, pool, build, check)
@@ -623,7 +630,7 @@ def frozen_engine(
     _, engine, engine.chunk = best
     if identity and kept is None:  # an engine matched, so torch's outputs are there to keep
         _keep_reference(path, check, soon.result())
-    if memory is not None and chosen is None and len(chunks) == 2:  # remember a whole measurement
+    if memory is not None and chosen is None and chunks == TIMED_CHUNKS:  # remember a whole measurement
         _write_choice(memory, {"engine": engine.name, "chunk": engine.chunk, "timings": timings})
     log.info(
         "frozen part on %s (%d threads, %d requests in flight, chunks of %d; per image %s)",

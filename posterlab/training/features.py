@@ -455,7 +455,7 @@ def _example(job: Extraction, posters: int) -> torch.Tensor:
         (posters * len(job.views), *preprocess.input_size), generator=torch.Generator().manual_seed(0)
     )
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (preprocess.mean, preprocess.std))
-    return (pixels - mean) / std
+    return pixels.sub_(mean).div_(std)
 
 
 def _save(store: FeatureStore, job: Extraction, fresh: dict, digests: list[str], start: int) -> None:
