@@ -333,10 +333,7 @@ def _extract(
     workers = rt.workers if rt.workers >= 0 else default_workers(rt.device)
     started, done, saved = time.monotonic(), 0, 0
     first: tuple[int, float] | None = None  # posters and time at the first batch's end, the engine open
-    size = _loader_batch(job, rt)
-    # the loader's processes start decoding before the engine opens (fork first, then the engine's threads)
-    stream = _inputs(job, [paths[i] for i in rows], rt, workers, size)
-    outputs, engine = _outputs(job, stream, rt, workers, min(size, len(rows)))
+    outputs, engine = _outputs(job, _inputs(job, [paths[i] for i in rows], rt, workers), rt, workers)
     fresh: dict[str, np.ndarray] = {}  # one preallocated array per view (many small ones fragment the heap)
     try:
         for count, output in outputs:
@@ -371,62 +368,49 @@ def _extract(
     )
 
 
-def _loader_batch(job: Extraction, rt: Runtime) -> int:
-    """Posters per loader step; on a CPU the engine splits them into chunks of a measured size."""
-    return rt.batch_size or (128 if rt.device.type == "cuda" else max(2, 16 // len(job.views)))
-
-
 def _inputs(
-    job: Extraction, paths: list[str], rt: Runtime, workers: int, size: int
+    job: Extraction, paths: list[str], rt: Runtime, workers: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(posters, every view of them stacked) per loader batch of ``size`` posters, decoded by ``workers``
-    processes, which start at once: they decode the first batches while the caller opens its engine. A
-    stop request lands here."""
+    """(posters, every view of them stacked) per loader batch, decoded by ``workers`` processes; a stop
+    request lands here."""
     preprocesses = list(dict.fromkeys(v.preprocess for v in job.views))
     fit_index = [preprocesses.index(v.preprocess) for v in job.views]
+    # posters per loader step; on a CPU the engine splits them into chunks of a measured size
+    size = rt.batch_size or (128 if rt.device.type == "cuda" else max(2, 16 // len(job.views)))
     pin = rt.device.type == "cuda"
     images = _Images(paths, preprocesses)
     loader = DataLoader(
         images, batch_size=size, num_workers=workers, worker_init_fn=quiet_worker, pin_memory=pin
     )
-    batches = iter(loader)
-
-    def stacked() -> Iterator[tuple[int, torch.Tensor]]:
-        for batch in batches:
-            rt.control.check()
-            batch = batch.to(rt.device, non_blocking=True)
-            views = [batch[:, f] for f in fit_index]
-            views = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(views, job.views, strict=True)]
-            # one view is the batch itself: a copy of it cost the main thread 9 ms a batch on this CPU
-            yield len(batch), views[0] if len(views) == 1 else torch.cat(views)
-
-    return stacked()
+    for batch in loader:
+        rt.control.check()
+        batch = batch.to(rt.device, non_blocking=True)
+        views = [batch[:, f] for f in fit_index]
+        views = [torch.flip(x, dims=[3]) if v.flip else x for x, v in zip(views, job.views, strict=True)]
+        # one view is the batch itself: a copy of it cost the main thread 9 ms a batch on this CPU
+        yield len(batch), views[0] if len(views) == 1 else torch.cat(views)
 
 
 def _outputs(
-    job: Extraction, stream: Iterator[tuple[int, torch.Tensor]], rt: Runtime, workers: int, first: int
+    job: Extraction, stream: Iterator[tuple[int, torch.Tensor]], rt: Runtime, workers: int
 ) -> tuple[Iterator[tuple[int, torch.Tensor]], Engine | None]:
     """(posters, the frozen part's outputs) per batch of ``stream``, and the engine that computes them: on
-    a CPU the fastest ONNX engine that matches torch, else torch itself. The engine opens on an example
-    shaped like the first batch (``first`` posters) before that batch is decoded, so the loader decodes
-    while it opens (export, check, timing: 0.1-0.2 s once exported, seconds the first time); the part is
-    built in torch only if its export or torch's check outputs are not cached yet."""
+    a CPU the fastest ONNX engine that matches torch (opened on the first batch; the part is built in
+    torch only if its export or torch's check outputs are not cached yet), else torch itself."""
+    first = next(stream, None)
     engine = None
-    if rt.device.type == "cpu":
-        example = _example(job, first)
-        if job.int8:  # calibrated on its example the first time: that has to be posters, so wait for them
-            batch = next(stream)
-            example, stream = batch[1], itertools.chain([batch], stream)
+    if first is not None and rt.device.type == "cpu":
         # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
         # runs one per core, each on one thread, and shares every core with the loader as each needs
         engine = frozen_engine(
             lambda: job.module().eval(),
-            example,
+            first[1],
             job.identity,
             threads=max(1, usable_cores() - workers),
             int8=job.int8,
             streams=usable_cores(),
         )
+    stream = itertools.chain([first] if first is not None else [], stream)
     if engine is not None:
         mapped = engine.map((count, x.numpy()) for count, x in stream)
         return ((count, torch.from_numpy(out)) for count, out in mapped), engine
@@ -444,18 +428,6 @@ def _outputs(
                 yield count, frozen(stacked).float()
 
     return through_torch(), engine
-
-
-def _example(job: Extraction, posters: int) -> torch.Tensor:
-    """Model inputs shaped like a batch of ``posters`` posters in every view: what the engine is exported,
-    checked against torch and timed on. Seeded random pixels, normalised as posters are: the check compares
-    the engine with torch on the same inputs, which need not be posters."""
-    preprocess = job.views[0].preprocess
-    pixels = torch.rand(
-        (posters * len(job.views), *preprocess.input_size), generator=torch.Generator().manual_seed(0)
-    )
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (preprocess.mean, preprocess.std))
-    return pixels.sub_(mean).div_(std)
 
 
 def _save(store: FeatureStore, job: Extraction, fresh: dict, digests: list[str], start: int) -> None:

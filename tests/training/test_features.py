@@ -5,7 +5,6 @@ order asked; decoding in loader processes overlapping the engine gives the same 
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -100,36 +99,6 @@ def test_one_view_goes_to_the_engine_as_the_loader_gave_it(backbone, poster_path
     plain = extract(backbone, paths, tmp_path, "one-torch", fits=("crop",), flips=False)
     assert list(fast) == ["crop"] == list(plain)
     np.testing.assert_allclose(fast["crop"], plain["crop"], atol=1e-4, rtol=1e-4)
-
-
-def test_the_loader_decodes_while_the_engine_opens(backbone, poster_paths, tmp_path, monkeypatch):
-    """Opening the engine (0.1-0.2 s from a cached export, seconds the first time) does not wait for the
-    first batch: the loader's process decodes it meanwhile. Here decoding waits for the engine to start
-    opening and the engine waits for a batch to be decoded; waiting for the batch first never ends."""
-    import multiprocessing
-
-    opening, decoded = multiprocessing.Event(), multiprocessing.Value("i", 0)
-    read = features._Images.__getitem__
-    real = features.frozen_engine
-
-    def decode(self, index):  # in the loader's process (forked: the event and the counter are shared)
-        assert opening.wait(30), "the loader waited for the engine"
-        with decoded.get_lock():
-            decoded.value += 1
-        return read(self, index)
-
-    def engine(*args, **kwargs):
-        opening.set()
-        waited = time.monotonic()
-        while decoded.value < 2 and time.monotonic() - waited < 30:
-            time.sleep(0.01)
-        assert decoded.value >= 2, "the engine opened before the loader started"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(features._Images, "__getitem__", decode)
-    monkeypatch.setattr(features, "frozen_engine", engine)
-    out = extract(backbone, poster_paths[:6], tmp_path, "early", fits=("crop",), workers=1, flips=False)
-    assert out["crop"].shape[0] == 6
 
 
 def test_the_log_says_computing_only_when_something_is_computed(backbone, poster_paths, tmp_path):
