@@ -1,8 +1,8 @@
 """CPU speed of probe training and of feature extraction, beside the machine's own bounds, in one run.
 
 On the same posters (default 400 development posters with a top-6 genre):
-  bounds       per-core costs, one thread each: decoding a poster (open, draft-decode, resize/crop,
-               normalise) and running the frozen tf_efficientnet_lite0 on it through each installed engine
+  bounds       per-core costs, one thread each: decoding a poster (open, draft-decode, resize/crop, to
+               uint8 pixels: what a loader process does) and running the frozen tf_efficientnet_lite0 on it through each installed engine
                (OpenVINO, ONNX Runtime; pre-decoded batches); the two-core bound is
                cores / (decode s + model s) per poster with both kept busy; extraction end to end as a
                fraction of the best engine's bound. The same two costs with every core at work at
@@ -93,7 +93,7 @@ def timed(command: list[str], env: dict, cwd: Path | None = None) -> dict:
 
 def bounds(subset: Path, env_cache: Path) -> dict:
     """The machine's bound from per-core costs, measured in this process on one thread each: decoding a
-    poster (open, draft-decode, resize/crop, normalise: what a loader worker does) and running the frozen
+    poster (open, draft-decode, resize/crop to uint8 pixels: what a loader process does) and running the frozen
     tf_efficientnet_lite0 on it through each installed engine (on pre-decoded batches, chunked as the
     engine chooses). With both kept busy, ``cores`` cores extract at most
     cores / (decode seconds + model seconds) posters per second: the two-core bound on this machine."""
@@ -103,13 +103,14 @@ def bounds(subset: Path, env_cache: Path) -> dict:
     from posterlab.data.transforms import Preprocess
     from posterlab.models import onnx
     from posterlab.models.factory import create_backbone
-    from posterlab.training.features import _Images, usable_cores
+    from posterlab.training.features import Pixels, _Images, usable_cores
 
     os.environ["POSTERLAB_CACHE_DIR"] = str(env_cache)
     torch.set_num_threads(1)
     paths = load_dataset(subset).frame["image"].tolist()
     backbone = create_backbone("tf_efficientnet_lite0", True).eval()
     preprocess = Preprocess.for_model(backbone)
+    part = Pixels(backbone, preprocess).eval()  # as extraction runs it: pixels in, normalised in the graph
     dataset = _Images(paths, [preprocess])
     dataset[0]
     started = time.perf_counter()
@@ -121,7 +122,7 @@ def bounds(subset: Path, env_cache: Path) -> dict:
     with torch.inference_mode():
         for name in onnx.installed():
             os.environ["POSTERLAB_ENGINE"] = name
-            engine = onnx.frozen_engine(lambda: backbone, batches[0], "speed-bench|", threads=1)
+            engine = onnx.frozen_engine(lambda: part, batches[0], "speed-bench|pixels|", threads=1)
             engine.run(batches[0].numpy())
             started = time.perf_counter()
             for batch in batches:
@@ -130,7 +131,7 @@ def bounds(subset: Path, env_cache: Path) -> dict:
             chunks[name] = engine.chunk
     os.environ.pop("POSTERLAB_ENGINE")
     bound = {name: cores / (1 / decode + 1 / rate) for name, rate in model.items()}
-    loaded = _bound_with_every_core_busy(dataset, batches, backbone, cores)
+    loaded = _bound_with_every_core_busy(dataset, batches, part, cores)
     return {
         "cores": cores,
         "decode_posters_per_second_per_core": decode,
@@ -149,7 +150,7 @@ def _decode_share(args: tuple) -> int:
     return len(indices)
 
 
-def _bound_with_every_core_busy(dataset, batches: list, backbone, cores: int) -> dict:
+def _bound_with_every_core_busy(dataset, batches: list, part, cores: int) -> dict:
     """The same two costs measured with every core at work, as in an extraction: decoding in ``cores``
     processes at once, and the model with ``cores`` requests in flight (OpenVINO) or ``cores`` threads
     (ONNX Runtime). Cores that share caches, memory bandwidth or a physical core (a VM's vCPUs) run
@@ -172,7 +173,7 @@ def _bound_with_every_core_busy(dataset, batches: list, backbone, cores: int) ->
         for name in onnx.installed():
             os.environ["POSTERLAB_ENGINE"] = name
             engine = onnx.frozen_engine(
-                lambda: backbone, batches[0], "speed-bench|", threads=cores, streams=cores
+                lambda: part, batches[0], "speed-bench|pixels|", threads=cores, streams=cores
             )
             list(engine.map((0, batch.numpy()) for batch in batches[:2]))
             started = time.perf_counter()

@@ -214,7 +214,7 @@ class Engine:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The graph's first output for ``batch`` (float32, in order)."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = _contiguous(batch)
         return np.concatenate(
             [self._infer(batch[i : i + self.chunk]) for i in range(0, len(batch), self.chunk)]
         )
@@ -224,6 +224,11 @@ class Engine:
         decoding that feeds it overlaps in the loader's processes)."""
         for tag, batch in batches:
             yield tag, self.run(batch)
+
+
+def _contiguous(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as the graph reads it: contiguous, floats as float32, integer pixels (uint8) as they are."""
+    return np.ascontiguousarray(batch, dtype=np.float32 if batch.dtype.kind == "f" else None)
 
 
 class OnnxRuntimeEngine(Engine):
@@ -356,7 +361,7 @@ class OpenVinoEngine(Engine):
         try:
             try:
                 for tag, batch in batches:
-                    batch = np.ascontiguousarray(batch, dtype=np.float32)
+                    batch = _contiguous(batch)
                     numbers = []
                     for i in range(0, len(batch), self.chunk):
                         queue.start_async({0: batch[i : i + self.chunk]}, count)  # waits for a free request

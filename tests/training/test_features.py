@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from posterlab.data.images import load_image
 from posterlab.data.transforms import Preprocess
 from posterlab.events import Control, Message, StopRequested
 from posterlab.models import onnx
@@ -30,6 +31,10 @@ class Unexportable(nn.Module):
         return torch.from_numpy(self.inner(x).numpy().copy())
 
 
+def _preprocess() -> Preprocess:
+    return Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
+
+
 def extract(
     frozen: nn.Module,
     paths,
@@ -41,8 +46,7 @@ def extract(
     on_event=lambda event: None,
     should_stop=lambda: False,
 ) -> dict[str, np.ndarray]:
-    preprocess = Preprocess.for_model(create_model("posterlab_small_cnn", 2, pretrained=False).backbone)
-    views = views_for(preprocess, fits, flips=flips)
+    views = views_for(_preprocess(), fits, flips=flips)
     job = Extraction(lambda: frozen, views, [f"key-{view.name}" for view in views], about="embeddings")
     tables = compute_features(
         job,
@@ -74,6 +78,16 @@ def test_each_engine_and_torch_agree(engine, backbone, poster_paths, tmp_path, m
         assert fast[view].shape == (10, *plain[view].shape[1:])
         np.testing.assert_allclose(fast[view], plain[view], atol=1e-4, rtol=1e-4)
     assert not np.allclose(fast["crop"], fast["crop-flip"]), "a flipped view is a different input"
+    # the loader sends pixels and the engine normalises them: the part's outputs on posters normalised
+    # the way a single prediction does it (Preprocess's float transform)
+    for view in views_for(_preprocess(), ("crop", "pad"), flips=False):
+        transform = view.preprocess.eval_transform()
+        inputs = [transform(load_image(str(p), draft=view.preprocess.draft).image) for p in paths]
+        with torch.inference_mode():
+            reference = backbone(torch.stack(inputs)).numpy()
+        close = 1e-3 * np.abs(reference).max()  # this small part's outputs are ~1e-4: relative to them
+        np.testing.assert_allclose(fast[view.name], reference, atol=close, rtol=1e-3)
+        np.testing.assert_allclose(plain[view.name], reference, atol=close, rtol=1e-3)
 
 
 def test_decoding_in_a_worker_beside_the_engine_gives_the_same_numbers(
