@@ -44,15 +44,18 @@ def main() -> int:
 
     if "POSTERLAB_CACHE_DIR" not in os.environ:
         os.environ["POSTERLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="engine-choice-")
+    from posterlab.data.transforms import Preprocess
     from posterlab.models import onnx
     from posterlab.models.factory import create_backbone
-    from posterlab.training.features import default_workers, usable_cores
+    from posterlab.training.features import Pixels, default_workers, usable_cores
+
+    def part() -> torch.nn.Module:  # as extraction exports it: uint8 pixels in, normalised in the graph
+        backbone = create_backbone("tf_efficientnet_lite0", True).eval()
+        return Pixels(backbone, Preprocess.for_model(backbone)).eval()
 
     torch.manual_seed(0)
-    example = torch.randn(16, 3, 224, 224)
-    path = onnx.cached_export(
-        lambda: create_backbone("tf_efficientnet_lite0", True).eval(), example, "choice|"
-    )
+    example = torch.randint(0, 256, (16, 3, 224, 224), dtype=torch.uint8)
+    path = onnx.cached_export(part, example, "choice|pixels|")
     cores, workers = usable_cores(), default_workers(torch.device("cpu"))
     engines = {
         name: onnx.open_engine(path, name, max(1, cores - workers), streams=cores)

@@ -420,7 +420,7 @@ def _outputs(
     engine = None
     if first is not None and rt.device.type == "cpu":
         # its export takes pixels: keyed apart from exports that took normalised floats (none if temporary)
-        identity = job.identity and f"{job.identity}pixels {preprocess.mean} {preprocess.std}|"
+        identity = job.identity and f"{job.identity}|pixels {preprocess.mean} {preprocess.std}"
         # one request runs on the cores the loader leaves; an engine with parallel requests (OpenVINO)
         # runs one per core, each on one thread, and shares every core with the loader as each needs
         engine = frozen_engine(
