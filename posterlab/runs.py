@@ -62,6 +62,7 @@ INTERRUPTED = "interrupted: the process training it ended; resume it with poster
 # files that would be unpickled by torch.load & co.: never opened, and named in the error instead
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 STOP_FILE = "stop.request"
+RESUME_FILE = "resume.safetensors"
 EVENTS_FILE = "events.jsonl"
 
 
@@ -147,11 +148,22 @@ class RunFolder:
     """Writes one run's files. Only the training code writes; everything else reads via ``load_run``.
 
     ``writes=False`` (the other processes of a distributed run) makes every write a no-op: rank 0 alone
-    writes the run folder."""
+    writes the run folder. So does losing ``lease`` (the trainer's, when it holds one) to another trainer:
+    the folder is then that trainer's."""
 
-    def __init__(self, path: Path, writes: bool = True) -> None:
+    def __init__(self, path: Path, writes: bool = True, lease: Lease | None = None) -> None:
         self.path = Path(path)
         self.writes = writes
+        self.lease = lease
+
+    def may_write(self) -> bool:
+        """This process writes the folder: rank 0, and still the lease's holder (read at each write)."""
+        return self.writes and (self.lease is None or self.lease.held())
+
+    def check_held(self) -> None:
+        """Raise (``Lease.check``) once another trainer took the run over: the loop's per-batch check."""
+        if self.lease is not None:
+            self.lease.check()
 
     @classmethod
     def create(cls, root: Path, config: RunConfig, environment: dict[str, Any], lease: Lease) -> RunFolder:
@@ -165,14 +177,14 @@ class RunFolder:
             delete_run(path)  # a typo in --data must not take the name away from the corrected command
         path.mkdir(parents=True, exist_ok=True)
         lease.acquire(path)
-        folder = cls(path)
+        folder = cls(path, lease=lease)
         write_json(path / "config.json", {"run": _config_dict(config, name), "environment": environment})
         folder.set_status("running", started=now_iso())
         return folder
 
     def set_status(self, status: str, **fields: Any) -> None:
         assert status in STATUSES
-        if not self.writes:
+        if not self.may_write():
             return
         current = {}
         if (self.path / "status.json").exists():
@@ -184,12 +196,12 @@ class RunFolder:
         write_json(self.path / "status.json", current)
 
     def write(self, name: str, data: Any) -> None:
-        if self.writes:
+        if self.may_write():
             write_json(self.path / name, data)
 
     def append_event(self, line: str) -> None:
         """One line of the event log (appended and flushed: a reader never sees half a line for long)."""
-        if self.writes:
+        if self.may_write():
             with open(self.path / EVENTS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
 
@@ -207,11 +219,20 @@ class RunFolder:
             return False
 
     def clear_stop(self) -> None:
-        if self.writes:
+        if self.may_write():
             (self.path / STOP_FILE).unlink(missing_ok=True)
 
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """The resume checkpoint: the tensors, and the rest as JSON in the file's metadata."""
+        if self.may_write():
+            save_tensors(self.path / RESUME_FILE, tensors, metadata={"resume": json.dumps(meta)})
+
+    def remove_checkpoint(self) -> None:
+        if self.may_write():
+            (self.path / RESUME_FILE).unlink(missing_ok=True)
+
     def save_weights(self, state: dict[str, torch.Tensor], dtype: str = "float32") -> None:
-        if not self.writes:
+        if not self.may_write():
             return
         import torch
 
@@ -220,7 +241,7 @@ class RunFolder:
         save_tensors(self.path / "model.safetensors", tensors, metadata={"format": "pt", "dtype": dtype})
 
     def write_predictions(self, frame: pd.DataFrame) -> None:
-        if not self.writes:
+        if not self.may_write():
             return
         with _replacing(self.path / "predictions.csv") as temporary:
             frame.to_csv(temporary, index=False)
@@ -268,12 +289,18 @@ class Lease:
     epoch, an extraction, an evaluation). A lease whose heartbeat is older than ``LEASE_STALE_S``, or whose
     process is gone from this host, is dead and may be taken; a live one is refused with its holder named.
     A later attempt of the same torchrun job takes over its predecessor's lease (torchrun restarts a group
-    only after all its workers ended, perhaps on another machine)."""
+    only after all its workers ended, perhaps on another machine).
+
+    A holder paused for longer than that (a suspended laptop, SIGSTOP, a VM frozen for a snapshot) is
+    presumed dead and may be taken over. When it wakes, ``lost`` is set (by the next heartbeat, or by
+    ``held`` before any write to the folder): its folder writes nothing more and its training stops at the
+    next batch with ``check``'s error. It used to train on and write into the new holder's run."""
 
     def __init__(self, every: float = HEARTBEAT_EVERY_S) -> None:
         self.every = every
         self.token = uuid.uuid4().hex
         self.path: Path | None = None
+        self.lost = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -295,11 +322,40 @@ class Lease:
         self._thread = threading.Thread(target=self._loop, name="posterlab-heartbeat", daemon=True)
         self._thread.start()
 
+    def held(self) -> bool:
+        """Whether the lease file still names this holder (read now: False once another took it over; a
+        file that went missing is not taken as a takeover)."""
+        if self.lost.is_set():
+            return False
+        holder = read_lease(self.path.parent) if self.path is not None else None
+        if holder is not None and holder.get("token") != self.token:
+            self.lost.set()
+            log.warning("%s: another trainer took this run over; this process writes nothing more", self.path)
+        return not self.lost.is_set()
+
+    def check(self) -> None:
+        """Raise once the lease is lost (see the class docstring)."""
+        if self.lost.is_set():
+            folder = self.path.parent if self.path is not None else "the run folder"
+            raise RunError(
+                f"{folder}: another trainer took this run over while this process went "
+                f"{LEASE_STALE_S:.0f} s without a heartbeat (was it paused or suspended?); this process "
+                "stopped without writing to the folder again: follow the run where it trains now"
+            )
+
     def _beat(self, started: str | None = None) -> None:
         assert self.path is not None
-        current = {} if started else (read_lease(self.path.parent) or {})
-        if not started and current.get("token") != self.token:
-            return  # taken over (we were presumed dead): never write over the new holder
+        if started is None:
+            with _locked(self.path.parent):  # the look and the write as one step, as ``acquire`` does
+                current = read_lease(self.path.parent) or {}
+                if not self.held() or current.get("token") != self.token:
+                    return  # taken over (we were presumed dead), or gone: never write over a new holder
+                self._write(current.get("started"))
+            return
+        self._write(started)
+
+    def _write(self, started: str | None) -> None:
+        assert self.path is not None
         write_json(
             self.path,
             {
@@ -308,13 +364,13 @@ class Lease:
                 "host": socket.gethostname(),
                 "job": _job(),
                 "attempt": _attempt(),
-                "started": started or current.get("started"),
+                "started": started,
                 "heartbeat": time.time(),
             },
         )
 
     def _loop(self) -> None:
-        while not self._done.wait(self.every):
+        while not self._done.wait(self.every) and not self.lost.is_set():
             try:
                 self._beat()
             except OSError as error:  # a full disk or a vanished folder must not kill the run

@@ -312,3 +312,45 @@ def test_two_starters_at_once_never_both_hold_a_run(tmp_path):
             thread.join()
         assert len(held) == 1, f"attempt {attempt}: {len(held)} holders"
         held[0].release()
+
+
+def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_path):
+    """A trainer paused past the stale age (SIGSTOP, a suspended laptop) loses its run to another trainer.
+    Awake again, it used to train on and write its checkpoints, status and events into the new holder's
+    run. Here another trainer's lease lands as epoch 1 ends: the run stops at the next batch with an
+    error that says so, and the folder is as the new holder left it."""
+    from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
+    from posterlab.training.trainer import train_run
+
+    config = RunConfig(
+        DataConfig(path="sample", labels=LabelConfig(top_n=4)),
+        TrainConfig(
+            backbone="posterlab_small_cnn",
+            pretrained=False,
+            mode="full",
+            epochs=4,
+            patience=0,
+            batch_size=16,
+            flip_views=False,
+            num_workers=0,
+        ),
+        name="taken",
+    )
+    folder = tmp_path / "taken"
+    seen: dict = {}
+
+    def take_over(event) -> None:
+        if isinstance(event, EpochEnd) and not seen:
+            holder = {"token": "new", "pid": 1, "host": "node-7", "heartbeat": time.time()}
+            (folder / "lease.json").write_text(json.dumps(holder))
+            seen["files"] = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+    with pytest.raises(RunError, match="another trainer took this run over"):
+        train_run(config, tmp_path, on_event=take_over)
+    assert seen, "epoch 1 never ended"
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    for name in ("status.json", "events.jsonl", "history.json", "lease.json"):
+        if name in seen["files"] or name in after:
+            assert after.get(name) == seen["files"].get(name), f"{name} was written after the takeover"
+    assert json.loads(after["status.json"])["status"] == "running"  # the new holder's run: not "failed"
+    assert json.loads(after["lease.json"])["token"] == "new"

@@ -56,7 +56,6 @@ from posterlab.runs import (
     load_tensors,
     now_iso,
     read_json,
-    save_tensors,
 )
 from posterlab.training import distributed
 from posterlab.training.criterion import Criterion
@@ -135,7 +134,7 @@ def train_run(
     if dist.main:
         path = RunFolder.create(root, config, environment(device, dist, config), lease).path
     path = Path(dist.broadcast(str(path) if path else None))
-    folder = RunFolder(path, writes=dist.main)
+    folder = RunFolder(path, writes=dist.main, lease=lease)
     return _run(folder, config, device, Control(on_event, should_stop), dist, resume=False, lease=lease)
 
 
@@ -160,7 +159,7 @@ def resume_run(
         if lease is not None:
             lease.release()
         raise
-    folder = RunFolder(run.path, writes=dist.main)
+    folder = RunFolder(run.path, writes=dist.main, lease=lease)
     # rank 0's look decides for every process: on a folder shared by NFS another node may not see the
     # file yet, and a process that started over while the others resumed waited in collectives they never
     # entered (the checkpoint itself is read by every process: the folder must be shared)
@@ -208,13 +207,15 @@ class StopSignal:
     """The caller's stop request or a ``stop.request`` file made after this session was launched.
 
     The file is looked at twice a second at most: a stop is a human's click, and a ``stat`` per batch
-    is a system call on every step of a fast loop."""
+    is a system call on every step of a fast loop. A run another trainer took over raises here (the lease's
+    ``check``): the loop stops at the next batch, with an error, having written nothing since."""
 
     def __init__(self, folder: RunFolder, asked: Callable[[], bool], since: float) -> None:
         self.folder, self.asked, self.since = folder, asked, since
         self._looked, self._filed = 0.0, False
 
     def __call__(self) -> bool:
+        self.folder.check_held()  # a run another trainer took over is its: this process stops with an error
         if self.asked():
             return True
         now = time.monotonic()
@@ -297,10 +298,10 @@ def _run(
         fields = {"reason": "stop requested" if result.stopped else None, "note": None}
         faults.point("finishing")  # every file written, the status not yet
         folder.set_status(status, finished=now_iso(), seconds=took(), metrics=result.headline, **fields)
-        if not result.stopped and folder.writes:
+        if not result.stopped:
             # only now: removed before the status said completed, a kill between the two left a finished
             # run that read as interrupted with no checkpoint, and Resume trained it again from epoch 1
-            (folder.path / "resume.safetensors").unlink(missing_ok=True)
+            folder.remove_checkpoint()
         log_events(Finished(status, str(folder.path), metrics=result.headline))
         return folder.path
     finally:
@@ -417,7 +418,7 @@ class Checkpoint(Callback):
         self.failed: Exception | None = None
 
     def after_epoch(self, fit: Fit) -> None:
-        if not self.folder.writes:
+        if not self.folder.may_write():
             return
         tensors, meta = _resume_state(fit, self.hyper)
         history, epoch, seconds = list(fit.state.history), fit.state.epoch, self.took()
@@ -425,9 +426,7 @@ class Checkpoint(Callback):
 
         def write() -> None:
             try:
-                save_tensors(
-                    self.folder.path / "resume.safetensors", tensors, metadata={"resume": json.dumps(meta)}
-                )
+                self.folder.save_checkpoint(tensors, meta)
                 faults.point("checkpoint")
                 self.folder.write("history.json", history)
                 # the time so far, earlier sessions' too: a session killed later adds it to the next one's
