@@ -17,7 +17,7 @@ import pytest
 
 from posterlab import runs
 from posterlab.errors import RunError
-from posterlab.events import EpochEnd
+from posterlab.events import EpochEnd, Finished
 from posterlab.runs import Lease, RunFolder, delete_run, load_run, read_lease
 from posterlab.training.trainer import resume_run
 
@@ -345,9 +345,11 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_pa
             (folder / "lease.json").write_text(json.dumps(holder))
             seen["files"] = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
+    events: list = []
     with pytest.raises(RunError, match="another trainer took this run over"):
-        train_run(config, tmp_path, on_event=take_over)
+        train_run(config, tmp_path, on_event=lambda event: (events.append(event), take_over(event)))
     assert seen, "epoch 1 never ended"
+    assert not any(isinstance(event, Finished) for event in events)  # no "failed": it trains on elsewhere
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     for name in ("status.json", "events.jsonl", "history.json", "lease.json"):
         if name in seen["files"] or name in after:

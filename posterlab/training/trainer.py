@@ -288,6 +288,8 @@ def _run(
             log_events(Finished("stopped", str(folder.path)))
             return folder.path
         except BaseException as error:
+            if lease is not None and lease.lost.is_set():
+                raise  # the run trains on under another trainer: it has not failed, this process has
             message = one_line(error)
             folder.set_status("failed", finished=now_iso(), seconds=took(), error=message)
             log_events(Finished("failed", str(folder.path), error=message))
