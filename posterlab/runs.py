@@ -318,6 +318,7 @@ class Lease:
                     raise RunError.busy(folder, holder)
             self.path = folder / LEASE_FILE
             self._beat(started=now_iso())
+            self.lost.clear()
         self._done.clear()
         self._thread = threading.Thread(target=self._loop, name="posterlab-heartbeat", daemon=True)
         self._thread.start()
