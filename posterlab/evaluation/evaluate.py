@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posterlab.data.clean import clean_dataset
+from posterlab.data.clean import CleaningReport, clean_dataset
 from posterlab.data.labels import apply_rule
 from posterlab.data.sources import load_dataset
 from posterlab.errors import ConfigError, DataError
@@ -26,7 +26,8 @@ def evaluate_run(
     predictor: Predictor | None = None,
     split: str = "all",
 ) -> dict:
-    """The ``posterlab evaluate --json`` object: ``n``, ``dropped``, ``labels``, ``metrics``,
+    """The ``posterlab evaluate --json`` object: ``n``, ``dropped`` (of the split's posters, with a split),
+    ``labels``, ``metrics``,
     ``per_label``, ``baseline`` (the run's training prevalence / majority class), plus details.
 
     Unreadable images and rows left without one of the run's labels are dropped and counted; no
@@ -71,8 +72,13 @@ def evaluate_run(
     seen = int(frame["id"][scored].astype(str).isin(splits.get("train", set())).sum())
     prior = np.asarray(predictor.info["prior"], dtype=np.float64)
     result = evaluate_scores(predictor.rule, y, probs, predictor.thresholds, prior)
-    reasons = dict(report.summary().to_dict())
-    for reason, count in labelled.dropped["reason"].value_counts().items():
+    cleaned_out, unlabelled = report.rows[report.rows["action"] == "dropped"], labelled.dropped
+    if split != "all":  # only the split's own: 689 posters with none of the labels were no split's
+        ids = splits.get(split, set())
+        cleaned_out = cleaned_out[cleaned_out["id"].astype(str).isin(ids)]
+        unlabelled = unlabelled[unlabelled["id"].astype(str).isin(ids)]
+    reasons = dict(CleaningReport(cleaned_out, report.total).summary().to_dict())
+    for reason, count in unlabelled["reason"].value_counts().items():
         reasons[reason] = reasons.get(reason, 0) + int(count)
     if not scored.all():
         reasons["unreadable when scored"] = int((~scored).sum())
@@ -82,7 +88,7 @@ def evaluate_run(
         "split": split,
         "n": int(len(y)),
         "seen_in_training": seen,
-        "dropped": int(report.dropped + len(labelled.dropped) + (~scored).sum()),
+        "dropped": int(len(cleaned_out) + len(unlabelled) + (~scored).sum()),
         "dropped_reasons": reasons,
         "labels": list(predictor.labels),
         "task": predictor.rule.task,

@@ -31,3 +31,13 @@ def test_evaluate_counts_unreadable_and_unlabelled(tmp_path, binary_run, sample_
     assert result["dropped"] == 2 and result["n"] == len(table) - 2
     assert result["dropped_reasons"]["label 'certified rotten' not selected"] == 1
     assert {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc"} <= set(result["metrics"])
+
+
+def test_a_split_counts_only_its_own_dropped_posters(genre_run):
+    """``--split test`` said "108 posters (689 dropped)": the 689 were the whole dataset's posters with
+    none of the run's labels, which no split holds."""
+    whole = evaluate_run(genre_run, "sample")
+    test = evaluate_run(genre_run, "sample", split="test")
+    assert whole["dropped"] > 0  # the sample has posters with none of the run's four genres
+    assert test["dropped"] == 0 and test["dropped_reasons"] == {}
+    assert 0 < test["n"] < whole["n"]
