@@ -168,7 +168,7 @@ class DataConfig:
         _choice("corrections", self.corrections, CORRECTIONS)
         _choice("fit", self.fit, FITS)
         for extra in self.extra_fits:
-            _choice("extra_fits", extra, FITS)
+            _choice("fit", extra, FITS)  # one flag (--fit crop,pad) and one field on the page: "fit"
         if len(set(self.fits)) != len(self.fits):
             raise ConfigError(f"fits must differ (got {', '.join(self.fits)})")
         for name in ("val_fraction", "test_fraction"):

@@ -74,7 +74,7 @@ def test_fits():
     assert DataConfig(fit="pad", extra_fits=("crop",)).fits == ("pad", "crop")
     with pytest.raises(ConfigError, match="fits must differ"):
         DataConfig(fit="crop", extra_fits=("crop",))
-    with pytest.raises(ConfigError, match="extra_fits must be one of crop, pad, squash"):
+    with pytest.raises(ConfigError, match="fit must be one of crop, pad, squash"):
         DataConfig(extra_fits=("zoom",))
 
 
