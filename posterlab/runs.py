@@ -160,9 +160,12 @@ class RunFolder:
         """This process writes the folder: rank 0, and still the lease's holder (read at each write)."""
         return self.writes and (self.lease is None or self.lease.held())
 
-    def check_held(self) -> None:
-        """Raise (``Lease.check``) once another trainer took the run over: the loop's per-batch check."""
+    def check_held(self, look: bool = False) -> None:
+        """Raise (``Lease.check``) once another trainer took the run over: the loop's per-batch check (what
+        the heartbeat or a write found), or with ``look`` the lease file read now."""
         if self.lease is not None:
+            if look:
+                self.lease.held()
             self.lease.check()
 
     @classmethod
@@ -330,8 +333,8 @@ class Lease:
             return False
         holder = read_lease(self.path.parent) if self.path is not None else None
         if holder is not None and holder.get("token") != self.token:
-            self.lost.set()
-            log.warning("%s: another trainer took this run over; this process writes nothing more", self.path)
+            self.lost.set()  # said once, by ``check``'s error
+            log.info("%s: another trainer took this run over; this process writes nothing more", self.path)
         return not self.lost.is_set()
 
     def check(self) -> None:

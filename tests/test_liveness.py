@@ -314,11 +314,12 @@ def test_two_starters_at_once_never_both_hold_a_run(tmp_path):
         held[0].release()
 
 
-def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_path):
+@pytest.mark.parametrize("at", [1, 3])
+def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_path, at):
     """A trainer paused past the stale age (SIGSTOP, a suspended laptop) loses its run to another trainer.
     Awake again, it used to train on and write its checkpoints, status and events into the new holder's
-    run. Here another trainer's lease lands as epoch 1 ends: the run stops at the next batch with an
-    error that says so, and the folder is as the new holder left it."""
+    run. Here another trainer's lease lands as epoch ``at`` ends (the last: nothing is left to train): the
+    run stops with an error that says so, and the folder is as the new holder left it."""
     from posterlab.config import DataConfig, LabelConfig, RunConfig, TrainConfig
     from posterlab.training.trainer import train_run
 
@@ -328,7 +329,7 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_pa
             backbone="posterlab_small_cnn",
             pretrained=False,
             mode="full",
-            epochs=4,
+            epochs=3,
             patience=0,
             batch_size=16,
             flip_views=False,
@@ -340,7 +341,7 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_pa
     seen: dict = {}
 
     def take_over(event) -> None:
-        if isinstance(event, EpochEnd) and not seen:
+        if isinstance(event, EpochEnd) and event.epoch == at and not seen:
             holder = {"token": "new", "pid": 1, "host": "node-7", "heartbeat": time.time()}
             (folder / "lease.json").write_text(json.dumps(holder))
             seen["files"] = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -348,7 +349,7 @@ def test_a_trainer_whose_run_was_taken_over_stops_and_writes_nothing_more(tmp_pa
     events: list = []
     with pytest.raises(RunError, match="another trainer took this run over"):
         train_run(config, tmp_path, on_event=lambda event: (events.append(event), take_over(event)))
-    assert seen, "epoch 1 never ended"
+    assert seen, f"epoch {at} never ended"
     assert not any(isinstance(event, Finished) for event in events)  # no "failed": it trains on elsewhere
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     for name in ("status.json", "events.jsonl", "history.json", "lease.json"):

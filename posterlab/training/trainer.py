@@ -294,6 +294,7 @@ def _run(
             folder.set_status("failed", finished=now_iso(), seconds=took(), error=message)
             log_events(Finished("failed", str(folder.path), error=message))
             raise
+        folder.check_held(look=True)  # taken over as the run ended: not this process's to call finished
         status = "stopped" if result.stopped else "completed"
         # a completed run (resumed after a Stop) no longer says why it stopped, nor a Stop after its first
         # epoch that it would start over
