@@ -72,14 +72,9 @@ def evaluate_run(
     seen = int(frame["id"][scored].astype(str).isin(splits.get("train", set())).sum())
     prior = np.asarray(predictor.info["prior"], dtype=np.float64)
     result = evaluate_scores(predictor.rule, y, probs, predictor.thresholds, prior)
-    cleaned_out, unlabelled = report.rows[report.rows["action"] == "dropped"], labelled.dropped
-    if split != "all":  # only the split's own: 689 posters with none of the labels were no split's
-        ids = splits.get(split, set())
-        cleaned_out = cleaned_out[cleaned_out["id"].astype(str).isin(ids)]
-        unlabelled = unlabelled[unlabelled["id"].astype(str).isin(ids)]
-    reasons = dict(CleaningReport(cleaned_out, report.total).summary().to_dict())
-    for reason, count in unlabelled["reason"].value_counts().items():
-        reasons[reason] = reasons.get(reason, 0) + int(count)
+    dropped, reasons = _dropped(
+        report, labelled.dropped, splits.get(split, set()) if split != "all" else None
+    )
     if not scored.all():
         reasons["unreadable when scored"] = int((~scored).sum())
     out = {
@@ -88,7 +83,7 @@ def evaluate_run(
         "split": split,
         "n": int(len(y)),
         "seen_in_training": seen,
-        "dropped": int(len(cleaned_out) + len(unlabelled) + (~scored).sum()),
+        "dropped": dropped + int((~scored).sum()),
         "dropped_reasons": reasons,
         "labels": list(predictor.labels),
         "task": predictor.rule.task,
@@ -99,3 +94,16 @@ def evaluate_run(
     if "confusion" in result:
         out["confusion"] = result["confusion"]
     return out
+
+
+def _dropped(report: CleaningReport, unlabelled, ids: set[str] | None) -> tuple[int, dict[str, int]]:
+    """Posters left out by cleaning or for want of the run's labels, and why: with a split's ``ids``, only
+    that split's (689 posters with none of the labels were no split's, yet counted against the test split)."""
+    cleaned_out = report.rows[report.rows["action"] == "dropped"]
+    if ids is not None:
+        cleaned_out = cleaned_out[cleaned_out["id"].astype(str).isin(ids)]
+        unlabelled = unlabelled[unlabelled["id"].astype(str).isin(ids)]
+    reasons = dict(CleaningReport(cleaned_out, report.total).summary().to_dict())
+    for reason, count in unlabelled["reason"].value_counts().items():
+        reasons[reason] = reasons.get(reason, 0) + int(count)
+    return len(cleaned_out) + len(unlabelled), reasons
